@@ -1,0 +1,270 @@
+//! Operational events: create, start, policy update, halt, recover, rotate,
+//! preserve — each an entry of the same chain as the decisions.
+//!
+//! An event entry names the event in `tool_name` (`kernel.<event>`), the
+//! operator (or `SYSTEM`) in `actor`, says what and why in `intent`, and stores
+//! its full payload, whose canonical hash is the entry's `params_hash`. A HALT
+//! follows the Python library's shape instead (`request_id "HALT"`, decision
+//! HALT, the reason as intent), with the operator as actor.
+
+use serde_json::{Value, json};
+
+use super::machine::State;
+use super::policy::Policy;
+use super::state::{KernelState, event};
+use super::variant::Variant;
+use crate::entry::EntryBody;
+
+/// Why an operational event cannot happen now (nothing is recorded).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    /// The ledger already has a `kernel.create`.
+    #[error("the kernel already exists (id {0})")]
+    AlreadyCreated(String),
+    /// The ledger has no `kernel.create` yet.
+    #[error("the kernel is not initialised")]
+    NotInitialised,
+    /// Halting a halted kernel.
+    #[error("the kernel is already halted")]
+    AlreadyHalted,
+    /// Recovering a kernel that is not halted.
+    #[error("the kernel is not halted")]
+    NotHalted,
+    /// A required text (reason, actor) is empty.
+    #[error("{0} must not be empty")]
+    Empty(&'static str),
+    /// The payload cannot be hashed (NaN/Infinity).
+    #[error("payload cannot be hashed: {0}")]
+    Unhashable(String),
+}
+
+fn event_body(
+    state: &KernelState,
+    now_ms: u64,
+    name: &str,
+    actor: &str,
+    intent: String,
+    state_to: State,
+    payload: Value,
+) -> Result<EntryBody, EventError> {
+    if actor.trim().is_empty() {
+        return Err(EventError::Empty("actor"));
+    }
+    let params_hash =
+        crate::canonical::sha256_of(&payload).map_err(|e| EventError::Unhashable(e.to_string()))?;
+    Ok(EntryBody {
+        ts_ms: now_ms,
+        request_id: name.into(),
+        actor: actor.into(),
+        intent: intent.into(),
+        decision: "ALLOW".into(),
+        state_from: state.state.as_str().into(),
+        state_to: state_to.as_str().into(),
+        tool_name: Some(name.to_owned()),
+        params_hash: Some(params_hash),
+        payload: Some(payload),
+        ..EntryBody::default()
+    })
+}
+
+fn require_initialised(state: &KernelState) -> Result<(), EventError> {
+    if state.state == State::Booting {
+        Err(EventError::NotInitialised)
+    } else {
+        Ok(())
+    }
+}
+
+fn require_reason(reason: &str) -> Result<(), EventError> {
+    if reason.trim().is_empty() {
+        Err(EventError::Empty("reason"))
+    } else {
+        Ok(())
+    }
+}
+
+impl KernelState {
+    /// `kernel.create`: the first entry of a ledger.
+    pub fn create_event(
+        &self,
+        now_ms: u64,
+        actor: &str,
+        kernel_id: &str,
+        variant: Variant,
+        policy: &Policy,
+    ) -> Result<EntryBody, EventError> {
+        if let Some(id) = &self.kernel_id {
+            return Err(EventError::AlreadyCreated(id.clone()));
+        }
+        if kernel_id.trim().is_empty() {
+            return Err(EventError::Empty("kernel id"));
+        }
+        let payload = json!({
+            "kernel_id": kernel_id,
+            "variant": variant.as_str(),
+            "policy": policy.to_json(),
+        });
+        event_body(
+            self,
+            now_ms,
+            event::CREATE,
+            actor,
+            format!("create kernel {kernel_id} ({variant})"),
+            State::Idle,
+            payload,
+        )
+    }
+
+    /// `kernel.start`: the service started on this ledger.
+    pub fn start_event(
+        &self,
+        now_ms: u64,
+        software_version: &str,
+    ) -> Result<EntryBody, EventError> {
+        require_initialised(self)?;
+        let payload = json!({
+            "software_version": software_version,
+            "start": self.starts + 1,
+            "state": self.state.as_str(),
+        });
+        event_body(
+            self,
+            now_ms,
+            event::START,
+            "SYSTEM",
+            format!(
+                "service start #{} (kernels {software_version})",
+                self.starts + 1
+            ),
+            self.state,
+            payload,
+        )
+    }
+
+    /// `kernel.policy_update`: `policy` becomes active.
+    pub fn policy_update_event(
+        &self,
+        now_ms: u64,
+        actor: &str,
+        policy: &Policy,
+        reason: &str,
+    ) -> Result<EntryBody, EventError> {
+        require_initialised(self)?;
+        require_reason(reason)?;
+        let version = self.policy_version + 1;
+        let payload = json!({
+            "policy": policy.to_json(),
+            "version": version,
+            "previous_policy_hash": self.policy_hash,
+            "reason": reason,
+        });
+        event_body(
+            self,
+            now_ms,
+            event::POLICY_UPDATE,
+            actor,
+            format!("policy update to version {version}: {reason}"),
+            self.state,
+            payload,
+        )
+    }
+
+    /// HALT: the library's halt entry, by `actor`.
+    pub fn halt_event(
+        &self,
+        now_ms: u64,
+        actor: &str,
+        reason: &str,
+    ) -> Result<EntryBody, EventError> {
+        require_initialised(self)?;
+        if self.is_halted() {
+            return Err(EventError::AlreadyHalted);
+        }
+        if actor.trim().is_empty() {
+            return Err(EventError::Empty("actor"));
+        }
+        Ok(EntryBody {
+            ts_ms: now_ms,
+            request_id: "HALT".into(),
+            actor: actor.into(),
+            intent: reason.into(),
+            decision: "HALT".into(),
+            state_from: self.state.as_str().into(),
+            state_to: State::Halted.as_str().into(),
+            ..EntryBody::default()
+        })
+    }
+
+    /// `kernel.recover`: an operator starts a new session after a halt,
+    /// linked to the halted chain's root hash.
+    pub fn recover_event(
+        &self,
+        now_ms: u64,
+        actor: &str,
+        reason: &str,
+    ) -> Result<EntryBody, EventError> {
+        if !self.is_halted() {
+            return Err(EventError::NotHalted);
+        }
+        require_reason(reason)?;
+        let halt = self.last_halt.as_ref();
+        let payload = json!({
+            "reason": reason,
+            "halted_root_hash": self.head.hash,
+            "halted_at_seq": halt.map(|h| h.seq),
+            "halt_reason": halt.map(|h| h.reason.clone()),
+            "new_session": self.session + 1,
+        });
+        event_body(
+            self,
+            now_ms,
+            event::RECOVER,
+            actor,
+            format!("recover from halt, session {}: {reason}", self.session + 1),
+            State::Idle,
+            payload,
+        )
+    }
+
+    /// `kernel.rotate`: records an archived segment's manifest.
+    pub fn rotate_event(
+        &self,
+        now_ms: u64,
+        actor: &str,
+        manifest: Value,
+    ) -> Result<EntryBody, EventError> {
+        require_initialised(self)?;
+        let from = manifest.get("from_seq").cloned().unwrap_or(Value::Null);
+        let to = manifest.get("to_seq").cloned().unwrap_or(Value::Null);
+        event_body(
+            self,
+            now_ms,
+            event::ROTATE,
+            actor,
+            format!("archived entries {from}..={to}"),
+            self.state,
+            manifest,
+        )
+    }
+
+    /// `kernel.preserve`: records that evidence was preserved for an incident.
+    pub fn preserve_event(
+        &self,
+        now_ms: u64,
+        actor: &str,
+        reason: &str,
+        record: Value,
+    ) -> Result<EntryBody, EventError> {
+        require_initialised(self)?;
+        require_reason(reason)?;
+        event_body(
+            self,
+            now_ms,
+            event::PRESERVE,
+            actor,
+            format!("preserve evidence: {reason}"),
+            self.state,
+            record,
+        )
+    }
+}

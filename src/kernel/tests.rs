@@ -1,0 +1,298 @@
+//! Given/when/then tests of the pure kernel: given these entries, when this
+//! request or event, then this decision, this entry and this state.
+
+use super::*;
+use proptest::prelude::*;
+use serde_json::json;
+
+fn policy() -> Policy {
+    Policy::from_yaml(
+        "allowed_actors: [alice, bob]\nallowed_tools: [echo, add, ghost]\nmax_intent_length: 64\nmax_param_bytes: 256\n",
+    )
+    .unwrap()
+}
+
+fn kernel(variant: Variant) -> MemoryKernel {
+    MemoryKernel::create("k-test", variant, &policy(), 1_000).unwrap()
+}
+
+fn ctx(now_ms: u64) -> DecideContext<'static> {
+    static EMPTY: std::sync::LazyLock<Keyring> = std::sync::LazyLock::new(Keyring::new);
+    DecideContext {
+        now_ms,
+        keyring: &EMPTY,
+        jurisdiction: "default",
+    }
+}
+
+fn submit(k: &mut MemoryKernel, request: Value, now_ms: u64) -> Receipt {
+    let raw = RawRequest::from_value(request).unwrap();
+    k.submit(&raw, &ctx(now_ms)).unwrap()
+}
+
+#[test]
+fn given_a_new_kernel_then_it_is_idle_with_policy_version_1() {
+    let k = kernel(Variant::Strict);
+    assert_eq!(k.state.state, State::Idle);
+    assert_eq!(k.state.policy_version, 1);
+    assert_eq!(k.entries.len(), 1);
+    assert_eq!(k.entries[0].tool_name.as_deref(), Some("kernel.create"));
+    assert_eq!(k.entries[0].payload_matches(), Some(Ok(true)));
+}
+
+#[test]
+fn when_an_allowed_tool_is_called_then_it_runs_and_is_recorded() {
+    let mut k = kernel(Variant::Strict);
+    let r = submit(
+        &mut k,
+        json!({"request_id": "r1", "actor": "alice", "intent": "say hi",
+               "tool_call": {"name": "echo", "params": {"text": "hi"}}, "params": {"text": "hi"}, "evidence": "ticket 7"}),
+        2_000,
+    );
+    assert_eq!(r.status, Status::Accepted);
+    assert_eq!(r.decision, "ALLOW");
+    assert_eq!(r.tool_result, Some(json!("hi")));
+    assert_eq!(r.ledger_seq, 1);
+    let e = &k.entries[1];
+    assert_eq!(r.evidence_hash, e.entry_hash);
+    assert_eq!(e.ts_ms, 2_000);
+    assert_eq!(e.tool_name.as_deref(), Some("echo"));
+    assert!(e.params_hash.is_some() && e.evidence_hash.is_some());
+    assert_eq!(e.prev_hash, k.entries[0].entry_hash);
+    assert_eq!(k.state.counters.by_tool["echo"], 1);
+}
+
+#[test]
+fn when_a_request_breaks_policy_then_every_violation_is_listed() {
+    let mut k = kernel(Variant::Strict);
+    let r = submit(
+        &mut k,
+        json!({"request_id": "r2", "actor": "mallory", "intent": "x".repeat(65),
+               "tool_call": {"name": "rm"}}),
+        2_000,
+    );
+    assert_eq!(r.status, Status::Rejected);
+    assert_eq!(
+        r.error.as_deref(),
+        Some(
+            "Jurisdiction denied: Actor 'mallory' is not in allowed actors; Tool 'rm' is not in allowed tools; Intent length (65) exceeds maximum (64)"
+        )
+    );
+    let e = &k.entries[1];
+    assert_eq!(e.decision, "DENY");
+    assert_eq!((e.tool_name.as_ref(), e.params_hash.as_ref()), (None, None));
+}
+
+#[test]
+fn when_the_tool_is_not_registered_then_the_receipt_is_failed() {
+    let mut k = kernel(Variant::Strict);
+    let r = submit(
+        &mut k,
+        json!({"request_id": "r3", "actor": "bob", "intent": "haunt", "tool_call": {"name": "ghost"}}),
+        2_000,
+    );
+    assert_eq!(r.status, Status::Failed);
+    assert_eq!(r.decision, "DENY");
+    assert_eq!(
+        r.error.as_deref(),
+        Some("Tool execution failed: Tool 'ghost' is not registered")
+    );
+    assert_eq!(k.state.counters.by_status["FAILED"], 1);
+}
+
+#[test]
+fn when_halted_then_requests_are_refused_and_nothing_is_recorded() {
+    let mut k = kernel(Variant::Strict);
+    k.halt(3_000, "ops@example", "incident 42").unwrap();
+    assert!(k.state.is_halted());
+    let before = k.entries.len();
+    let raw = RawRequest::from_value(json!({"request_id": "r4", "actor": "alice", "intent": "x"}))
+        .unwrap();
+    assert_eq!(
+        k.submit(&raw, &ctx(4_000)),
+        Err(Refusal::Halted("incident 42".into()))
+    );
+    assert_eq!(k.entries.len(), before);
+    assert_eq!(
+        k.halt(5_000, "ops", "again"),
+        Err(EventError::AlreadyHalted)
+    );
+    let halt = k.entries.last().unwrap();
+    assert_eq!(
+        (
+            halt.request_id.as_str(),
+            halt.decision.as_str(),
+            halt.state_to.as_str(),
+            halt.intent.as_str()
+        ),
+        ("HALT", "HALT", "HALTED", "incident 42")
+    );
+}
+
+#[test]
+fn when_recovered_then_a_new_session_starts_linked_to_the_halted_root() {
+    let mut k = kernel(Variant::Strict);
+    k.halt(3_000, "ops", "incident").unwrap();
+    let halted_root = k.state.head.hash.clone();
+    let body = k.state.recover_event(4_000, "ops", "fixed").unwrap();
+    let entry = k.record(body).clone();
+    assert_eq!(
+        entry.payload.as_ref().unwrap()["halted_root_hash"],
+        json!(halted_root)
+    );
+    assert_eq!(k.state.state, State::Idle);
+    assert_eq!(k.state.session, 2);
+    let r = submit(
+        &mut k,
+        json!({"request_id": "r5", "actor": "alice", "intent": "back"}),
+        5_000,
+    );
+    assert_eq!(r.decision, "ALLOW");
+}
+
+#[test]
+fn when_the_policy_is_updated_then_replay_until_a_seq_shows_the_policy_of_that_time() {
+    let mut k = kernel(Variant::Strict);
+    submit(
+        &mut k,
+        json!({"request_id": "a", "actor": "carol", "intent": "hello"}),
+        2_000,
+    );
+    let mut wider = policy();
+    wider.allowed_actors.insert("carol".into());
+    let body = k
+        .state
+        .policy_update_event(3_000, "ops", &wider, "onboard carol")
+        .unwrap();
+    k.record(body);
+    let r = submit(
+        &mut k,
+        json!({"request_id": "b", "actor": "carol", "intent": "hello"}),
+        4_000,
+    );
+    assert_eq!(r.decision, "ALLOW");
+    k.halt(5_000, "ops", "done").unwrap();
+
+    let at_3 = KernelState::replay(&k.entries[..4]).unwrap();
+    assert_eq!(at_3.policy_version, 2);
+    assert_eq!(at_3.policy.as_ref(), Some(&wider));
+    assert_eq!(at_3.state, State::Idle);
+    let at_1 = KernelState::replay(&k.entries[..2]).unwrap();
+    assert_eq!(at_1.policy_version, 1);
+    assert_eq!(KernelState::replay(&k.entries).unwrap(), k.state);
+}
+
+#[test]
+fn when_validation_fails_then_it_is_a_recorded_denial() {
+    let mut k = kernel(Variant::Strict);
+    let r = submit(
+        &mut k,
+        json!({"request_id": "v", "actor": "alice", "intent": null, "params": 3}),
+        2_000,
+    );
+    assert_eq!(
+        r.error.as_deref(),
+        Some("Validation failed: intent is required; params must be a dictionary")
+    );
+    assert_eq!(k.entries.len(), 2);
+}
+
+#[test]
+fn permits_are_required_verified_and_counted_by_replay() {
+    let key = b"0123456789abcdef0123456789abcdef".to_vec();
+    let keyring: Keyring = [("k1".to_owned(), key.clone())].into();
+    let ctx = DecideContext {
+        now_ms: 2_000,
+        keyring: &keyring,
+        jurisdiction: "default",
+    };
+    let mut k = kernel(Variant::Strict);
+    let token = PermitToken {
+        permit_id: String::new(),
+        issuer: "ops".into(),
+        subject: "alice".into(),
+        jurisdiction: "default".into(),
+        action: "echo".into(),
+        params: json!({"text": "hi"}).as_object().unwrap().clone(),
+        constraints: Default::default(),
+        max_executions: 1,
+        valid_from_ms: 0,
+        valid_until_ms: 10_000,
+        evidence_hash: String::new(),
+        proposal_hash: "proposal".into(),
+        nonce: "n".repeat(32),
+        signature: String::new(),
+        key_id: String::new(),
+    }
+    .sign("k1", &key);
+    let req = |id: &str, permit: Option<&PermitToken>| {
+        let mut v = json!({"request_id": id, "actor": "alice", "intent": "echo",
+            "tool_call": {"name": "echo", "params": {"text": "hi"}}, "params": {"text": "hi"}});
+        if let Some(p) = permit {
+            v["permit"] = p.to_value();
+        }
+        RawRequest::from_value(v).unwrap()
+    };
+    let r = k.submit(&req("p0", None), &ctx).unwrap();
+    assert_eq!(r.error.as_deref(), Some("MISSING_PERMIT"));
+    let r = k.submit(&req("p1", Some(&token)), &ctx).unwrap();
+    assert_eq!(r.decision, "ALLOW", "{r:?}");
+    let e = k.entries.last().unwrap();
+    assert_eq!(e.permit_verification.as_deref(), Some("ALLOW"));
+    assert_eq!(e.permit_nonce.as_deref(), Some(token.nonce.as_str()));
+    // A restart is a replay: the nonce stays used.
+    let mut replayed = MemoryKernel {
+        state: KernelState::replay(&k.entries).unwrap(),
+        entries: k.entries.clone(),
+    };
+    let r = replayed.submit(&req("p2", Some(&token)), &ctx).unwrap();
+    assert_eq!(
+        r.error.as_deref(),
+        Some("Permit verification failed: REPLAY_DETECTED")
+    );
+    assert_eq!(
+        replayed.entries.last().unwrap().permit_denial_reasons,
+        Some(vec!["REPLAY_DETECTED".to_owned()])
+    );
+}
+
+fn arb_step() -> impl Strategy<Value = Value> {
+    let actors = prop::sample::select(vec!["alice", "bob", "mallory", ""]);
+    let tools = prop::sample::select(vec!["echo", "add", "ghost", "rm"]);
+    let intents = prop::sample::select(vec!["do it", "", "  ", "ünïcödé 🙂"]);
+    (0u8..6, actors, tools, intents, any::<u16>()).prop_map(|(kind, actor, tool, intent, n)| match kind {
+        0 => json!({"halt": format!("h{n}")}),
+        1 => json!({"recover": format!("r{n}")}),
+        2 => json!({"policy_actor": actor}),
+        _ => json!({"request_id": format!("r{n}"), "actor": actor, "intent": intent,
+                    "tool_call": {"name": tool, "params": {"text": n, "a": n, "b": 1}}, "params": {"n": n}}),
+    })
+}
+
+proptest! {
+    #[test]
+    fn replay_of_the_entries_equals_the_live_state(steps in prop::collection::vec(arb_step(), 0..40)) {
+        let mut k = kernel(Variant::Strict);
+        for (i, step) in steps.into_iter().enumerate() {
+            let now = 2_000 + i as u64;
+            if let Some(reason) = step.get("halt").and_then(Value::as_str) {
+                if let Ok(body) = k.state.halt_event(now, "ops", reason) { k.record(body); }
+            } else if let Some(reason) = step.get("recover").and_then(Value::as_str) {
+                if let Ok(body) = k.state.recover_event(now, "ops", reason) { k.record(body); }
+            } else if let Some(actor) = step.get("policy_actor").and_then(Value::as_str) {
+                let mut p = k.state.policy.clone().unwrap();
+                p.allowed_actors.insert(actor.to_owned());
+                let body = k.state.policy_update_event(now, "ops", &p, "widen").unwrap();
+                k.record(body);
+            } else {
+                let raw = RawRequest::from_value(step).unwrap();
+                let _ = k.submit(&raw, &ctx(now));
+            }
+            let replayed = KernelState::replay(&k.entries).unwrap();
+            prop_assert_eq!(&replayed, &k.state);
+        }
+        let mut verifier = crate::chain::ChainVerifier::new();
+        for e in &k.entries { verifier.push(e.clone()); }
+        prop_assert!(verifier.finish(Some(&k.state.head.hash)).valid);
+    }
+}

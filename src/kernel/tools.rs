@@ -1,0 +1,212 @@
+//! Built-in tools: `echo(text)` and `add(a, b)`, pure functions of their params.
+//!
+//! Tools run inside the decision, so they must be deterministic. Their
+//! failures reproduce the Python library's texts, including CPython's own
+//! `TypeError` messages for bad keyword arguments and for `a + b` on
+//! mismatched types.
+
+use num_bigint::BigInt;
+use serde_json::{Map, Number, Value};
+
+use super::pysem::{self, PyNumber};
+
+/// Names of the built-in tools.
+pub const BUILTIN_TOOLS: [&str; 2] = ["echo", "add"];
+
+/// Why a tool call did not produce a result (the text after `Tool execution failed: `).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ToolError {
+    /// No tool of that name exists.
+    #[error("Tool '{0}' is not registered")]
+    NotRegistered(String),
+    /// The tool rejected its arguments.
+    #[error("Invalid parameters for tool '{tool}': {message}")]
+    InvalidParameters {
+        /// Tool name.
+        tool: String,
+        /// CPython's TypeError text.
+        message: String,
+    },
+}
+
+/// Runs the tool `name` with `params`.
+pub fn execute(name: &str, params: &Map<String, Value>) -> Result<Value, ToolError> {
+    match name {
+        "echo" => {
+            let args = bind(name, &["text"], params)?;
+            Ok(args[0].clone())
+        }
+        "add" => {
+            let args = bind(name, &["a", "b"], params)?;
+            add(args[0], args[1]).map_err(|message| ToolError::InvalidParameters {
+                tool: name.to_owned(),
+                message,
+            })
+        }
+        _ => Err(ToolError::NotRegistered(name.to_owned())),
+    }
+}
+
+/// Binds keyword arguments like CPython's `f(**params)` for `def f(<names>)`.
+fn bind<'a>(
+    tool: &str,
+    names: &[&str],
+    params: &'a Map<String, Value>,
+) -> Result<Vec<&'a Value>, ToolError> {
+    let qualname = format!("create_default_registry.<locals>.{tool}");
+    let invalid = |message: String| ToolError::InvalidParameters {
+        tool: tool.to_owned(),
+        message,
+    };
+    if let Some(key) = params.keys().find(|k| !names.contains(&k.as_str())) {
+        return Err(invalid(format!(
+            "{qualname}() got an unexpected keyword argument '{key}'"
+        )));
+    }
+    let missing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| !params.contains_key(*n))
+        .collect();
+    if !missing.is_empty() {
+        let quoted: Vec<String> = missing.iter().map(|m| format!("'{m}'")).collect();
+        let list = match quoted.len() {
+            1 => quoted[0].clone(),
+            n => format!("{} and {}", quoted[..n - 1].join(", "), quoted[n - 1]),
+        };
+        let plural = if missing.len() == 1 {
+            "argument"
+        } else {
+            "arguments"
+        };
+        return Err(invalid(format!(
+            "{qualname}() missing {} required positional {plural}: {list}",
+            missing.len()
+        )));
+    }
+    Ok(names.iter().map(|n| &params[*n]).collect())
+}
+
+/// Python's `a + b` on decoded JSON values.
+fn add(a: &Value, b: &Value) -> Result<Value, String> {
+    let unsupported = || {
+        format!(
+            "unsupported operand type(s) for +: '{}' and '{}'",
+            pysem::type_name(a),
+            pysem::type_name(b)
+        )
+    };
+    match (a, b) {
+        (Value::String(x), Value::String(y)) => Ok(Value::String(format!("{x}{y}"))),
+        (Value::String(_), _) => Err(format!(
+            "can only concatenate str (not \"{}\") to str",
+            pysem::type_name(b)
+        )),
+        (Value::Array(x), Value::Array(y)) => {
+            Ok(Value::Array(x.iter().chain(y).cloned().collect()))
+        }
+        (Value::Array(_), _) => Err(format!(
+            "can only concatenate list (not \"{}\") to list",
+            pysem::type_name(b)
+        )),
+        (Value::Bool(_) | Value::Number(_), Value::Bool(_) | Value::Number(_)) => add_numbers(a, b),
+        _ => Err(unsupported()),
+    }
+}
+
+enum Num {
+    Int(BigInt),
+    Float(f64),
+}
+
+fn to_num(v: &Value) -> Num {
+    match v {
+        Value::Bool(b) => Num::Int(BigInt::from(u8::from(*b))),
+        Value::Number(n) => match pysem::as_number(n) {
+            PyNumber::Int(i) => Num::Int(BigInt::from(i)),
+            PyNumber::BigInt(s) => Num::Int(s.parse().expect("JSON integers are decimal")),
+            PyNumber::Float(f) => Num::Float(f),
+        },
+        _ => unreachable!("add_numbers is only called on bools and numbers"),
+    }
+}
+
+fn int_to_float(i: &BigInt) -> Result<f64, String> {
+    let f: f64 = i
+        .to_string()
+        .parse()
+        .map_err(|_| "int too large to convert to float".to_owned())?;
+    if f.is_finite() {
+        Ok(f)
+    } else {
+        Err("int too large to convert to float".to_owned())
+    }
+}
+
+fn add_numbers(a: &Value, b: &Value) -> Result<Value, String> {
+    let sum = match (to_num(a), to_num(b)) {
+        (Num::Int(x), Num::Int(y)) => {
+            return Ok(Value::Number(Number::from_string_unchecked(
+                (x + y).to_string(),
+            )));
+        }
+        (Num::Float(x), Num::Float(y)) => x + y,
+        (Num::Int(x), Num::Float(y)) => int_to_float(&x)? + y,
+        (Num::Float(x), Num::Int(y)) => x + int_to_float(&y)?,
+    };
+    float_value(sum)
+}
+
+fn float_value(f: f64) -> Result<Value, String> {
+    let mut text = String::new();
+    crate::canonical::write_float(&mut text, f)
+        .map_err(|_| "result is not a finite number".to_owned())?;
+    Ok(Value::Number(Number::from_string_unchecked(text)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn run(name: &str, params: Value) -> Result<Value, String> {
+        execute(name, params.as_object().unwrap()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn echo_and_add_work() {
+        assert_eq!(run("echo", json!({"text": "hi"})), Ok(json!("hi")));
+        assert_eq!(run("add", json!({"a": 2, "b": 3})), Ok(json!(5)));
+        assert_eq!(run("add", json!({"a": true, "b": 1.5})), Ok(json!(2.5)));
+        assert_eq!(run("add", json!({"a": "x", "b": "y"})), Ok(json!("xy")));
+        let big = crate::canonical::parse(r#"{"a": 1208925819614629174706176, "b": 1}"#).unwrap();
+        assert_eq!(
+            run("add", big).unwrap().to_string(),
+            "1208925819614629174706177"
+        );
+    }
+
+    #[test]
+    fn failures_use_cpython_texts() {
+        assert_eq!(
+            run("echo", json!({"text": 1, "loud": true})).unwrap_err(),
+            "Invalid parameters for tool 'echo': create_default_registry.<locals>.echo() got an unexpected keyword argument 'loud'"
+        );
+        assert_eq!(
+            run("add", json!({})).unwrap_err(),
+            "Invalid parameters for tool 'add': create_default_registry.<locals>.add() missing 2 required positional arguments: 'a' and 'b'"
+        );
+        assert_eq!(
+            run("add", json!({"a": 1, "b": "x"})).unwrap_err(),
+            "Invalid parameters for tool 'add': unsupported operand type(s) for +: 'int' and 'str'"
+        );
+        assert_eq!(
+            run("add", json!({"a": "x", "b": 1})).unwrap_err(),
+            "Invalid parameters for tool 'add': can only concatenate str (not \"int\") to str"
+        );
+        assert_eq!(
+            run("ghost", json!({})).unwrap_err(),
+            "Tool 'ghost' is not registered"
+        );
+    }
+}
