@@ -148,7 +148,7 @@ pub(super) fn verify(args: VerifyArgs) -> CliResult {
                 if n >= 100_000 || shown {
                     shown = true;
                     let read = bytes_read.load(Ordering::Relaxed);
-                    let pct = if total > 0 { read * 100 / total } else { 0 };
+                    let pct = (read * 100).checked_div(total).unwrap_or(0);
                     eprint!("\rverifying: {n} entries ({pct}%)   ");
                 }
             }
