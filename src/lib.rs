@@ -23,6 +23,9 @@ pub mod chain;
 pub mod cli;
 pub mod entry;
 pub mod kernel;
+pub mod ledger;
+pub mod metrics;
+pub mod store;
 pub mod verify;
 
 /// The version of the on-disk storage layout this build writes (see `migrations/`).

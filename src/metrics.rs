@@ -1,0 +1,185 @@
+//! Prometheus metrics of the service, in one registry.
+//!
+//! The ledger records decisions and commits, the rotator its runs, the HTTP
+//! layer its requests; `GET /metrics` renders them all as Prometheus text.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Labels of a decision counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// ALLOW / DENY / HALT.
+    pub decision: String,
+    /// ACCEPTED / REJECTED / FAILED.
+    pub status: String,
+}
+
+/// Labels of an HTTP request counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// Route template (`/v1/requests`, …).
+    pub route: String,
+    /// Status code.
+    pub code: String,
+}
+
+/// Every metric the service exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Decisions recorded, by decision and status.
+    pub decisions: Family<DecisionLabels, Counter>,
+    /// Operational events recorded.
+    pub events: Counter,
+    /// Commits (durability points) made.
+    pub commits: Counter,
+    /// Commits that failed.
+    pub commit_failures: Counter,
+    /// Time of each commit, in seconds.
+    pub commit_seconds: Histogram,
+    /// Entries made durable per commit.
+    pub batch_size: Histogram,
+    /// Number of entries in the ledger.
+    pub ledger_length: Gauge,
+    /// 1 when the kernel is halted.
+    pub halted: Gauge,
+    /// HTTP requests by route and status code.
+    pub http_requests: Family<HttpLabels, Counter>,
+    /// Rotator: runs that succeeded.
+    pub rotation_success: Counter,
+    /// Rotator: runs that failed.
+    pub rotation_failures: Counter,
+    /// Rotator: unix time (s) of the last successful rotation.
+    pub rotation_last_success: Gauge,
+    /// Rotator: entries not yet archived.
+    pub rotation_pending_entries: Gauge,
+    /// Rotator: 1 while the last run failed.
+    pub rotation_failing: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric registered.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("kernels");
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "decisions",
+            "Decisions recorded, by decision and receipt status",
+            decisions.clone(),
+        );
+        let events = Counter::default();
+        registry.register(
+            "operational_events",
+            "Operational events recorded",
+            events.clone(),
+        );
+        let commits = Counter::default();
+        registry.register(
+            "commits",
+            "Durable commits (group commits) made",
+            commits.clone(),
+        );
+        let commit_failures = Counter::default();
+        registry.register(
+            "commit_failures",
+            "Commits that failed (the ledger then fails closed)",
+            commit_failures.clone(),
+        );
+        let commit_seconds = Histogram::new([
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5,
+        ]);
+        registry.register(
+            "commit_seconds",
+            "Latency of each commit (flush + fdatasync)",
+            commit_seconds.clone(),
+        );
+        let batch_size = Histogram::new([
+            1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+        ]);
+        registry.register(
+            "commit_batch_entries",
+            "Entries made durable per commit",
+            batch_size.clone(),
+        );
+        let ledger_length = Gauge::default();
+        registry.register(
+            "ledger_length",
+            "Entries in the ledger",
+            ledger_length.clone(),
+        );
+        let halted = Gauge::default();
+        registry.register("halted", "1 when the kernel is halted", halted.clone());
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by route and status code",
+            http_requests.clone(),
+        );
+        let rotation_success = Counter::default();
+        registry.register(
+            "rotation_success",
+            "Rotations archived and recorded",
+            rotation_success.clone(),
+        );
+        let rotation_failures = Counter::default();
+        registry.register(
+            "rotation_failures",
+            "Rotation attempts that failed",
+            rotation_failures.clone(),
+        );
+        let rotation_last_success = Gauge::default();
+        registry.register(
+            "rotation_last_success_timestamp_seconds",
+            "Time of the last successful rotation",
+            rotation_last_success.clone(),
+        );
+        let rotation_pending_entries = Gauge::default();
+        registry.register(
+            "rotation_pending_entries",
+            "Entries not yet archived",
+            rotation_pending_entries.clone(),
+        );
+        let rotation_failing = Gauge::default();
+        registry.register(
+            "rotation_failing",
+            "1 while the rotator's last attempt failed",
+            rotation_failing.clone(),
+        );
+        Metrics {
+            registry,
+            decisions,
+            events,
+            commits,
+            commit_failures,
+            commit_seconds,
+            batch_size,
+            ledger_length,
+            halted,
+            http_requests,
+            rotation_success,
+            rotation_failures,
+            rotation_last_success,
+            rotation_pending_entries,
+            rotation_failing,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
