@@ -16,6 +16,7 @@
 mod commit;
 pub mod open;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -34,7 +35,7 @@ use crate::kernel::{
 use crate::metrics::{DecisionLabels, Metrics};
 use crate::store::datadir::DataDir;
 use crate::store::record::{self, RequestRecord};
-use crate::store::{LedgerStore, StoreError, meta};
+use crate::store::{LedgerStore, StoreError};
 
 pub use open::LedgerOptions;
 
@@ -120,23 +121,40 @@ pub struct LedgerStatus {
     pub starts: u64,
 }
 
-pub(crate) struct Queue {
-    waiters: Vec<oneshot::Sender<Result<(), String>>>,
-    shutdown: bool,
+pub(crate) type Waiter = oneshot::Sender<Result<(), String>>;
+
+/// Entries decided but not yet handed to the store, and who waits for them.
+#[derive(Default)]
+pub(crate) struct Pending {
+    entries: Vec<Entry>,
+    requests: Vec<(String, RequestRecord)>,
+    checkpoint: Option<Vec<u8>>,
+    waiters: Vec<Waiter>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.waiters.is_empty() && self.checkpoint.is_none()
+    }
 }
 
 pub(crate) struct Core {
     state: KernelState,
     last_checkpoint_len: u64,
+    /// The next group commit's work.
+    pending: Pending,
+    /// Request ids decided but not yet in the store: for idempotent retries
+    /// that arrive before their record is stored.
+    unsynced: HashMap<String, (String, Receipt)>,
+    shutdown: bool,
 }
 
 pub(crate) struct Inner {
     store: Arc<dyn LedgerStore>,
     datadir: Option<DataDir>,
     core: Mutex<Core>,
-    queue: Mutex<Queue>,
-    queue_cv: Condvar,
-    written_len: AtomicU64,
+    /// Signals the flusher that `core.pending` has work (or shutdown).
+    work: Condvar,
     durable_len: AtomicU64,
     durable_head_file_len: AtomicU64,
     poisoned: Mutex<Option<String>>,
@@ -146,7 +164,7 @@ pub(crate) struct Inner {
     jurisdiction: String,
     checkpoint_every: u64,
     metrics: Arc<Metrics>,
-    flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
+    flusher: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 /// A cheap, cloneable handle on the durable kernel.
@@ -230,52 +248,36 @@ impl Ledger {
             .max(core.state.last_ts_ms.unwrap_or(0))
     }
 
-    /// Appends one sealed entry (and its request record) and applies it.
-    fn append_locked(
+    /// Queues one sealed entry (and its request record) for the next group
+    /// commit, applies it to the state and returns the wait for its
+    /// durability. The store sees it when the flusher takes the batch.
+    fn enqueue_locked(
         &self,
         core: &mut Core,
         entry: Entry,
         request: Option<(String, RequestRecord)>,
-    ) -> Result<Entry, LedgerError> {
-        let next_len = entry.ledger_seq + 1;
-        let mut after = None;
-        let checkpoint = if next_len - core.last_checkpoint_len >= self.inner.checkpoint_every {
-            let mut state = core.state.clone();
-            state
-                .apply(&entry)
-                .expect("a sealed entry continues the chain");
-            let cp = open::encode_checkpoint(&state);
-            after = Some(state);
-            Some(cp)
-        } else {
-            None
-        };
-        let requests: Vec<_> = request.into_iter().collect();
-        if let Err(e) =
-            self.inner
-                .store
-                .append(std::slice::from_ref(&entry), &requests, checkpoint.clone())
-        {
-            // The batch is atomic: nothing was written. The store is now
-            // suspect, so no further decision is taken.
-            self.poison(format!("append failed: {e}"));
-            return Err(e.into());
+    ) -> Durable {
+        core.state
+            .apply(&entry)
+            .expect("a sealed entry continues the chain");
+        let len = entry.ledger_seq + 1;
+        if len - core.last_checkpoint_len >= self.inner.checkpoint_every {
+            core.pending.checkpoint = Some(open::encode_checkpoint(&core.state));
+            core.last_checkpoint_len = len;
         }
-        match after {
-            Some(state) => {
-                core.state = state;
-                core.last_checkpoint_len = next_len;
-            }
-            None => core
-                .state
-                .apply(&entry)
-                .expect("a sealed entry continues the chain"),
+        let was_empty = core.pending.is_empty();
+        core.pending.entries.push(entry);
+        core.pending.requests.extend(request);
+        let (tx, rx) = oneshot::channel();
+        core.pending.waiters.push(tx);
+        // The flusher only sleeps on an empty batch: one wake-up per batch.
+        if was_empty {
+            self.inner.work.notify_one();
         }
-        self.inner.written_len.store(next_len, Ordering::Release);
-        Ok(entry)
+        Durable(Some(rx))
     }
 
-    fn poison(&self, reason: String) {
+    pub(crate) fn poison(&self, reason: String) {
         tracing::error!(%reason, "ledger closed: no further entries will be accepted until restart");
         let mut p = self
             .inner
@@ -287,16 +289,17 @@ impl Ledger {
         }
     }
 
-    /// Registers a wait for durability of everything appended so far.
-    fn durable_after(&self, seq: u64) -> Durable {
+    /// A wait for durability of entry `seq`, which is already queued or stored.
+    fn durable_after_locked(&self, core: &mut Core, seq: u64) -> Durable {
         if self.inner.durable_len.load(Ordering::Acquire) > seq {
             return Durable(None);
         }
+        let was_empty = core.pending.is_empty();
         let (tx, rx) = oneshot::channel();
-        let mut q = self.inner.queue.lock().unwrap_or_else(|p| p.into_inner());
-        q.waiters.push(tx);
-        drop(q);
-        self.inner.queue_cv.notify_one();
+        core.pending.waiters.push(tx);
+        if was_empty {
+            self.inner.work.notify_one();
+        }
         Durable(Some(rx))
     }
 
@@ -304,33 +307,45 @@ impl Ledger {
     /// its entry is durable. A retried request id with the same content gets
     /// the original receipt (no new entry); with other content, a conflict.
     pub fn submit_begin(&self, raw: &RawRequest) -> Result<(Receipt, Durable), LedgerError> {
+        let content_hash = raw.content_hash();
         let mut core = self.lock_core();
         self.check_open()?;
         let request_id = raw
             .request_id()
             .filter(|id| !id.is_empty())
             .map(str::to_owned);
-        if let Some(id) = &request_id
-            && let Some(rec) = self.inner.store.request(id)?
-        {
-            if rec.content_hash != raw.content_hash() {
-                return Err(LedgerError::Conflict(id.clone()));
+        if let Some(id) = &request_id {
+            let prior =
+                match core.unsynced.get(id) {
+                    Some((hash, receipt)) => Some((hash.clone(), receipt.clone())),
+                    None => match self.inner.store.request(id)? {
+                        Some(rec) => {
+                            let bytes = self.inner.store.get(rec.seq)?.ok_or_else(|| {
+                                StoreError::Corrupt {
+                                    seq: rec.seq,
+                                    message: "request record points to a missing entry".into(),
+                                }
+                            })?;
+                            let entry =
+                                record::decode_entry(&bytes).map_err(|e| StoreError::Corrupt {
+                                    seq: rec.seq,
+                                    message: e.to_string(),
+                                })?;
+                            Some((
+                                rec.content_hash,
+                                Receipt::new(&entry, rec.status, rec.tool_result),
+                            ))
+                        }
+                        None => None,
+                    },
+                };
+            if let Some((hash, receipt)) = prior {
+                if hash != content_hash {
+                    return Err(LedgerError::Conflict(id.clone()));
+                }
+                let durable = self.durable_after_locked(&mut core, receipt.ledger_seq);
+                return Ok((receipt, durable));
             }
-            let bytes = self
-                .inner
-                .store
-                .get(rec.seq)?
-                .ok_or_else(|| StoreError::Corrupt {
-                    seq: rec.seq,
-                    message: "request record points to a missing entry".into(),
-                })?;
-            let entry = record::decode_entry(&bytes).map_err(|e| StoreError::Corrupt {
-                seq: rec.seq,
-                message: e.to_string(),
-            })?;
-            drop(core);
-            let receipt = Receipt::new(&entry, rec.status, rec.tool_result);
-            return Ok((receipt, self.durable_after(rec.seq)));
         }
         let now = self.now(&core);
         let decided = core.state.decide(
@@ -341,38 +356,42 @@ impl Ledger {
                 jurisdiction: &self.inner.jurisdiction,
             },
         )?;
+        let status = decided.status;
         let entry = core.state.seal(decided.body);
+        let receipt = Receipt::new(&entry, status, decided.tool_result.clone());
         let record = request_id.map(|id| {
+            core.unsynced
+                .insert(id.clone(), (content_hash.clone(), receipt.clone()));
             (
                 id,
                 RequestRecord {
                     seq: entry.ledger_seq,
-                    content_hash: raw.content_hash(),
-                    status: decided.status,
-                    tool_result: decided.tool_result.clone(),
+                    content_hash,
+                    status,
+                    tool_result: decided.tool_result,
                 },
             )
         });
-        let entry = self.append_locked(&mut core, entry, record)?;
-        drop(core);
-        self.inner
-            .metrics
-            .decisions
-            .get_or_create(&DecisionLabels {
-                decision: entry.decision.clone(),
-                status: decided.status.as_str().to_owned(),
-            })
-            .inc();
+        let decision = entry.decision.clone();
         tracing::debug!(
             seq = entry.ledger_seq,
             request_id = %entry.request_id,
             actor = %entry.actor,
             decision = %entry.decision,
-            status = decided.status.as_str(),
+            status = status.as_str(),
             "decision"
         );
-        let receipt = Receipt::new(&entry, decided.status, decided.tool_result);
-        Ok((receipt, self.durable_after(entry.ledger_seq)))
+        let durable = self.enqueue_locked(&mut core, entry, record);
+        drop(core);
+        self.inner
+            .metrics
+            .decisions
+            .get_or_create(&DecisionLabels {
+                decision,
+                status: status.as_str().to_owned(),
+            })
+            .inc();
+        Ok((receipt, durable))
     }
 
     /// [`Ledger::submit_begin`], then wait for durability.
@@ -392,7 +411,7 @@ impl Ledger {
         let now = self.now(&core);
         let body = build(&core.state, now)?;
         let entry = core.state.seal(body);
-        let entry = self.append_locked(&mut core, entry, None)?;
+        let durable = self.enqueue_locked(&mut core, entry.clone(), None);
         self.inner
             .metrics
             .halted
@@ -400,8 +419,7 @@ impl Ledger {
         drop(core);
         self.inner.metrics.events.inc();
         tracing::info!(seq = entry.ledger_seq, event = entry.tool_name.as_deref().unwrap_or("HALT"), actor = %entry.actor, "operational event");
-        let seq = entry.ledger_seq;
-        Ok((entry, self.durable_after(seq)))
+        Ok((entry, durable))
     }
 
     /// Records an operational event and waits until it is durable.
@@ -548,38 +566,29 @@ impl Ledger {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let poisoned = self
+        {
+            let mut core = self.lock_core();
+            if core.state.head.len > core.last_checkpoint_len {
+                core.pending.checkpoint = Some(open::encode_checkpoint(&core.state));
+                core.last_checkpoint_len = core.state.head.len;
+            }
+            core.shutdown = true;
+        }
+        self.inner.work.notify_all();
+        // The flusher commits what is pending, then stops.
+        let handles =
+            std::mem::take(&mut *self.inner.flusher.lock().unwrap_or_else(|p| p.into_inner()));
+        for handle in handles {
+            let _ = handle.join();
+        }
+        if self
             .inner
             .poisoned
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .is_some();
-        if !poisoned {
-            let core = self.lock_core();
-            if core.state.head.len > core.last_checkpoint_len {
-                let cp = open::encode_checkpoint(&core.state);
-                self.inner.store.set_meta(meta::CHECKPOINT, &cp)?;
-            }
-            drop(core);
-        }
+            .is_none()
         {
-            let mut q = self.inner.queue.lock().unwrap_or_else(|p| p.into_inner());
-            q.shutdown = true;
-        }
-        self.inner.queue_cv.notify_all();
-        if let Some(handle) = self
-            .inner
-            .flusher
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            let _ = handle.join();
-        }
-        if !poisoned {
-            self.inner.store.commit()?;
-            let len = self.inner.written_len.load(Ordering::Acquire);
-            self.inner.durable_len.store(len, Ordering::Release);
+            let len = self.inner.durable_len.load(Ordering::Acquire);
             if let (Some(dir), Some(hash)) = (&self.inner.datadir, self.entry_hash_at(len)) {
                 dir.set_durable_head(len, &hash)?;
             }
@@ -590,10 +599,10 @@ impl Ledger {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Ok(mut q) = self.queue.lock() {
-            q.shutdown = true;
+        if let Ok(mut core) = self.core.lock() {
+            core.shutdown = true;
         }
-        self.queue_cv.notify_all();
+        self.work.notify_all();
     }
 }
 

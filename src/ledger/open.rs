@@ -23,7 +23,7 @@ use crate::store::record;
 use crate::store::sled_store::{SledOptions, SledStore};
 use crate::store::{LedgerStore, StoreError, meta};
 
-use super::{Checkpoint, Clock, Core, Inner, Ledger, LedgerError, Queue, report};
+use super::{Checkpoint, Clock, Core, Inner, Ledger, LedgerError, Pending, report};
 
 /// How much of the stored chain is verified on open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +94,10 @@ impl LedgerOptions {
             ..LedgerOptions::read_only()
         }
     }
+}
+
+fn open_checkpoint(state: &KernelState) -> Vec<u8> {
+    encode_checkpoint(state)
 }
 
 pub(crate) fn encode_checkpoint(state: &KernelState) -> Vec<u8> {
@@ -233,18 +237,16 @@ impl Ledger {
         let core = Core {
             last_checkpoint_len: from,
             state,
+            pending: Pending::default(),
+            unsynced: Default::default(),
+            shutdown: false,
         };
         let ledger = Ledger {
             inner: Arc::new(Inner {
                 store,
                 datadir: Some(datadir),
                 core: Mutex::new(core),
-                queue: Mutex::new(Queue {
-                    waiters: Vec::new(),
-                    shutdown: false,
-                }),
-                queue_cv: Condvar::new(),
-                written_len: AtomicU64::new(len),
+                work: Condvar::new(),
                 durable_len: AtomicU64::new(len),
                 durable_head_file_len: AtomicU64::new(0),
                 poisoned: Mutex::new(None),
@@ -254,7 +256,7 @@ impl Ledger {
                 jurisdiction: options.jurisdiction.clone(),
                 checkpoint_every: options.checkpoint_every.max(1),
                 metrics,
-                flusher: Mutex::new(None),
+                flusher: Mutex::new(Vec::new()),
             }),
         };
 
@@ -316,7 +318,7 @@ impl Ledger {
         }
 
         let inner = ledger.inner.clone();
-        let handle = std::thread::Builder::new()
+        let flusher = std::thread::Builder::new()
             .name("kernels-commit".into())
             .spawn(move || super::commit::run(inner))
             .map_err(StoreError::Io)?;
@@ -324,7 +326,7 @@ impl Ledger {
             .inner
             .flusher
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(handle);
+            .unwrap_or_else(|p| p.into_inner()) = vec![flusher];
         Ok(ledger)
     }
 
@@ -338,11 +340,24 @@ impl Ledger {
         let now = self.now(&core);
         let body = build(&core.state, now)?;
         let entry = core.state.seal(body);
-        self.append_locked(&mut core, entry, None)?;
-        drop(core);
+        let cp = {
+            let mut after = core.state.clone();
+            after
+                .apply(&entry)
+                .expect("a sealed entry continues the chain");
+            open_checkpoint(&after)
+        };
+        self.inner
+            .store
+            .append(std::slice::from_ref(&entry), &[], Some(cp))?;
         self.inner.store.commit()?;
-        let len = self.inner.written_len.load(Ordering::Acquire);
-        self.inner.durable_len.store(len, Ordering::Release);
+        core.state
+            .apply(&entry)
+            .expect("a sealed entry continues the chain");
+        core.last_checkpoint_len = entry.ledger_seq + 1;
+        self.inner
+            .durable_len
+            .store(entry.ledger_seq + 1, Ordering::Release);
         Ok(())
     }
 }

@@ -5,10 +5,17 @@
 //! `apply_batch`:
 //!
 //! ```text
-//! e <seq: 8 bytes BE>     stored entry (see `record`)
-//! r <request_id bytes>    request record (JSON)
-//! m <name>                metadata (format version, kernel id, head, checkpoint)
+//! c <first seq: 8 bytes BE>   a chunk of consecutive entries
+//! r <request_id bytes>        request record (JSON)
+//! m <name>                    metadata (format version, kernel id, head, checkpoint)
 //! ```
+//!
+//! Entries are stored in chunks of up to [`CHUNK_ENTRIES`] consecutive
+//! entries (one group commit's worth), because a sled insert costs several
+//! microseconds whatever its size: one insert per chunk instead of per entry
+//! is what lets a busy kernel commit tens of thousands of decisions a second.
+//! A chunk is `[version 1][count: u32 BE]` then, per entry, `[len: u32 BE]`
+//! and the entry's stored record (see `record`).
 //!
 //! Durability: sled's `flush` writes its log with `sync_file_range`, which
 //! neither flushes the disk's write cache nor file metadata (sled issues
@@ -25,7 +32,13 @@ use super::record::{self, RequestRecord};
 use super::{LedgerStore, Scan, StoreError, meta};
 use crate::entry::Entry;
 
-const ENTRY: u8 = b'e';
+const CHUNK: u8 = b'c';
+const CHUNK_VERSION: u8 = 1;
+
+/// Most entries in one chunk.
+pub const CHUNK_ENTRIES: usize = 64;
+/// Chunks are closed once they reach this many bytes (well below sled's blob threshold).
+pub const CHUNK_BYTES: usize = 48 * 1024;
 const REQUEST: u8 = b'r';
 const META: u8 = b'm';
 
@@ -50,7 +63,14 @@ pub struct SledStore {
     tree: sled::Tree,
     path: PathBuf,
     log_file: File,
-    synced_blobs: Mutex<HashSet<std::ffi::OsString>>,
+    synced_blobs: Mutex<BlobSync>,
+}
+
+/// Which blob files are known to be synced, and the blob dir's mtime then.
+#[derive(Default)]
+struct BlobSync {
+    synced: HashSet<std::ffi::OsString>,
+    dir_mtime: Option<std::time::SystemTime>,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -65,11 +85,81 @@ fn engine(e: sled::Error) -> StoreError {
     StoreError::Engine(e.to_string())
 }
 
-fn entry_key(seq: u64) -> [u8; 9] {
+fn chunk_key(first_seq: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
-    k[0] = ENTRY;
-    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k[0] = CHUNK;
+    k[1..].copy_from_slice(&first_seq.to_be_bytes());
     k
+}
+
+fn key_seq(key: &[u8]) -> Result<u64, StoreError> {
+    if key.len() != 9 {
+        return Err(StoreError::Engine("malformed chunk key".into()));
+    }
+    Ok(u64::from_be_bytes(key[1..9].try_into().expect("8 bytes")))
+}
+
+/// Splits a chunk into its entries' stored records.
+pub fn chunk_records(first_seq: u64, chunk: &[u8]) -> Result<Vec<(u64, &[u8])>, StoreError> {
+    let bad = |what: &str| StoreError::Corrupt {
+        seq: first_seq,
+        message: format!("chunk starting at entry {first_seq} is unreadable: {what}"),
+    };
+    if chunk.len() < 5 || chunk[0] != CHUNK_VERSION {
+        return Err(bad("bad header"));
+    }
+    let count = u32::from_be_bytes(chunk[1..5].try_into().expect("4 bytes")) as usize;
+    let mut out = Vec::with_capacity(count);
+    let mut at = 5;
+    for i in 0..count {
+        if chunk.len() < at + 4 {
+            return Err(bad("truncated"));
+        }
+        let len = u32::from_be_bytes(chunk[at..at + 4].try_into().expect("4 bytes")) as usize;
+        at += 4;
+        if chunk.len() < at + len {
+            return Err(bad("truncated"));
+        }
+        out.push((first_seq + i as u64, &chunk[at..at + len]));
+        at += len;
+    }
+    if at != chunk.len() {
+        return Err(bad("trailing bytes"));
+    }
+    Ok(out)
+}
+
+fn chunk_count(chunk: &[u8]) -> u64 {
+    if chunk.len() < 5 {
+        return 0;
+    }
+    u64::from(u32::from_be_bytes(chunk[1..5].try_into().expect("4 bytes")))
+}
+
+fn encode_chunks(entries: &[Entry]) -> Vec<(u64, Vec<u8>)> {
+    let mut chunks = Vec::new();
+    let mut current: Option<(u64, Vec<u8>, u32)> = None;
+    for e in entries {
+        let record = record::encode_entry(e);
+        let full = current.as_ref().is_some_and(|(_, bytes, n)| {
+            *n as usize >= CHUNK_ENTRIES || bytes.len() + record.len() > CHUNK_BYTES
+        });
+        if full {
+            chunks.push(finish_chunk(current.take().expect("checked")));
+        }
+        let (_, bytes, n) =
+            current.get_or_insert_with(|| (e.ledger_seq, vec![CHUNK_VERSION, 0, 0, 0, 0], 0));
+        bytes.extend_from_slice(&(record.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(&record);
+        *n += 1;
+    }
+    chunks.extend(current.map(finish_chunk));
+    chunks
+}
+
+fn finish_chunk((first, mut bytes, n): (u64, Vec<u8>, u32)) -> (u64, Vec<u8>) {
+    bytes[1..5].copy_from_slice(&n.to_be_bytes());
+    (first, bytes)
 }
 
 fn prefixed(prefix: u8, name: &[u8]) -> Vec<u8> {
@@ -86,7 +176,8 @@ impl SledStore {
             .path(path)
             .cache_capacity(options.cache_capacity)
             // Our commits flush explicitly; sled's timer would only add I/O.
-            .flush_every_ms(None);
+            .flush_every_ms(None)
+            .mode(sled::Mode::HighThroughput);
         // sled can panic on some kinds of on-disk corruption instead of
         // returning an error; a corrupt data dir must be a clear error.
         let db = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open()))
@@ -105,31 +196,43 @@ impl SledStore {
             tree,
             path: path.to_owned(),
             log_file,
-            synced_blobs: Mutex::new(HashSet::new()),
+            synced_blobs: Mutex::new(BlobSync::default()),
         })
     }
 
+    /// fsyncs blob files sled wrote since the last call (sled never does).
+    /// Chunks stay far below sled's blob threshold, so this is normally a
+    /// single `stat` of the blob dir that finds its mtime unchanged.
     fn sync_blobs(&self) -> Result<(), StoreError> {
         let dir = self.path.join("blobs");
-        let Ok(listing) = std::fs::read_dir(&dir) else {
+        let Ok(mtime) = std::fs::metadata(&dir).and_then(|m| m.modified()) else {
             return Ok(());
         };
-        let mut synced = self
+        let mut state = self
             .synced_blobs
             .lock()
             .expect("blob set lock is never poisoned");
+        if state.dir_mtime == Some(mtime) {
+            return Ok(());
+        }
         let mut new = false;
-        for item in listing.flatten() {
+        for item in std::fs::read_dir(&dir)?.flatten() {
             let name = item.file_name();
-            if !synced.contains(&name) {
+            if !state.synced.contains(&name) {
                 File::open(item.path())?.sync_all()?;
-                synced.insert(name);
+                state.synced.insert(name);
                 new = true;
             }
         }
         if new {
             super::datadir::sync_dir(&dir)?;
         }
+        // A coarse filesystem clock could give a blob created a moment from
+        // now this same mtime: only trust an mtime that is not recent.
+        let settled = mtime
+            .elapsed()
+            .is_ok_and(|age| age > std::time::Duration::from_millis(100));
+        state.dir_mtime = settled.then_some(mtime);
         Ok(())
     }
 }
@@ -142,8 +245,8 @@ impl LedgerStore for SledStore {
         checkpoint: Option<Vec<u8>>,
     ) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
-        for e in entries {
-            batch.insert(&entry_key(e.ledger_seq)[..], record::encode_entry(e));
+        for (first, chunk) in encode_chunks(entries) {
+            batch.insert(&chunk_key(first)[..], chunk);
         }
         for (id, rec) in requests {
             let value = serde_json::to_vec(rec).expect("request records serialize");
@@ -176,34 +279,56 @@ impl LedgerStore for SledStore {
         if from >= to {
             return Box::new(std::iter::empty());
         }
-        let iter = self.tree.range(entry_key(from)..entry_key(to)).map(|item| {
-            let (k, v) = item.map_err(engine)?;
-            if k.len() != 9 {
-                return Err(StoreError::Engine("malformed entry key".into()));
-            }
-            let seq = u64::from_be_bytes(k[1..9].try_into().expect("8 bytes"));
-            Ok((seq, v.to_vec()))
+        // Start at the chunk holding `from` (the last chunk starting at or before it).
+        let start = match self.tree.range(chunk_key(0)..=chunk_key(from)).next_back() {
+            Some(Ok((k, _))) => match key_seq(&k) {
+                Ok(s) => s,
+                Err(e) => return Box::new(std::iter::once(Err(e))),
+            },
+            Some(Err(e)) => return Box::new(std::iter::once(Err(engine(e)))),
+            None => from,
+        };
+        let chunks = self.tree.range(chunk_key(start)..chunk_key(to));
+        let iter = chunks.flat_map(move |item| {
+            let records: Vec<Result<(u64, Vec<u8>), StoreError>> = match item {
+                Err(e) => vec![Err(engine(e))],
+                Ok((k, v)) => match key_seq(&k)
+                    .and_then(|first| chunk_records(first, &v).map(|r| (first, r)))
+                {
+                    Err(e) => vec![Err(e)],
+                    Ok((_, records)) => records
+                        .into_iter()
+                        .filter(|(seq, _)| *seq >= from && *seq < to)
+                        .map(|(seq, bytes)| Ok((seq, bytes.to_vec())))
+                        .collect(),
+                },
+            };
+            records
         });
         Box::new(iter)
     }
 
     fn get(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .tree
-            .get(entry_key(seq))
-            .map_err(engine)?
-            .map(|v| v.to_vec()))
+        let Some(item) = self.tree.range(chunk_key(0)..=chunk_key(seq)).next_back() else {
+            return Ok(None);
+        };
+        let (k, v) = item.map_err(engine)?;
+        let first = key_seq(&k)?;
+        Ok(chunk_records(first, &v)?
+            .into_iter()
+            .find(|(s, _)| *s == seq)
+            .map(|(_, bytes)| bytes.to_vec()))
     }
 
     fn len(&self) -> Result<u64, StoreError> {
         let last = self
             .tree
-            .range(entry_key(0)..=entry_key(u64::MAX))
+            .range(chunk_key(0)..=chunk_key(u64::MAX))
             .next_back()
             .transpose()
             .map_err(engine)?;
         Ok(match last {
-            Some((k, _)) => u64::from_be_bytes(k[1..9].try_into().expect("8 bytes")) + 1,
+            Some((k, v)) => key_seq(&k)? + chunk_count(&v),
             None => 0,
         })
     }
@@ -261,6 +386,22 @@ mod tests {
                 e
             })
             .collect()
+    }
+
+    #[test]
+    fn chunks_are_bounded_and_cover_every_entry() {
+        let entries = chain(200);
+        let chunks = encode_chunks(&entries);
+        assert_eq!(chunks.len(), 4);
+        let mut seqs = Vec::new();
+        for (first, bytes) in &chunks {
+            assert!(bytes.len() <= CHUNK_BYTES + 4096);
+            for (seq, rec) in chunk_records(*first, bytes).unwrap() {
+                assert_eq!(record::decode_entry(rec).unwrap(), entries[seq as usize]);
+                seqs.push(seq);
+            }
+        }
+        assert_eq!(seqs, (0..200).collect::<Vec<_>>());
     }
 
     #[test]
