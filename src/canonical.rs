@@ -139,10 +139,17 @@ fn write_str_styled(out: &mut String, s: &str, ascii: bool) {
     out.push('"');
 }
 
+/// Whether a JSON number literal is a float for Python's `json.loads`: it
+/// has a fraction or an exponent. (serde_json's `is_f64` also says false for
+/// literals like `1e400` that overflow a double, which Python reads as inf.)
+pub fn is_float_literal(n: &Number) -> bool {
+    n.as_str().contains(['.', 'e', 'E'])
+}
+
 /// Appends a number: integers verbatim, floats as Python's `repr`.
 fn write_number(out: &mut String, n: &Number) -> Result<(), CanonicalError> {
     let text = n.as_str();
-    if n.is_f64() {
+    if is_float_literal(n) {
         let f: f64 = text
             .parse()
             .map_err(|_| CanonicalError::BadNumber(text.to_owned()))?;

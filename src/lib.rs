@@ -21,10 +21,13 @@ pub mod bundle;
 pub mod canonical;
 pub mod chain;
 pub mod cli;
+pub mod config;
 pub mod entry;
+pub mod evidence;
 pub mod kernel;
 pub mod ledger;
 pub mod metrics;
+pub mod service;
 pub mod store;
 pub mod verify;
 

@@ -1,7 +1,9 @@
-//! The `kernels` binary: parse arguments, run, map the outcome to an exit code.
+//! The `kernels` binary: parse arguments, set up logging, run, exit.
 
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    kernels::cli::run(kernels::cli::Cli::parse())
+    let cli = kernels::cli::Cli::parse();
+    kernels::cli::init_tracing(&cli);
+    kernels::cli::run(cli)
 }

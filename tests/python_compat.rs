@@ -119,6 +119,7 @@ fn run_scenario(name: &str) -> Outcome {
             now_ms: now,
             keyring: &keyring,
             jurisdiction: "default",
+            external_tools: &kernels::kernel::decide::NO_EXTERNAL_TOOLS,
         };
         match step["op"].as_str().unwrap() {
             "submit" => {

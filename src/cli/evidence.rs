@@ -16,6 +16,9 @@ use crate::kernel::variant::ALL_VARIANTS;
 /// Arguments of `kernels info`.
 #[derive(Debug, Args)]
 pub struct InfoArgs {
+    /// Describe the ledger in this data dir too.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -33,6 +36,9 @@ pub struct ValidateArgs {
 pub struct VerifyArgs {
     /// The evidence bundle to verify (`-` for standard input).
     pub bundle: Option<PathBuf>,
+    /// Verify the stored chain of this data dir instead.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
     /// Print `{"valid", "entries_verified", "computed_root_hash", "errors"}`.
     #[arg(long)]
     pub json: bool,

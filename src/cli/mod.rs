@@ -7,7 +7,10 @@
 //! negative answer (invalid chain, failed validation, unhealthy service), 2
 //! unusable input or an error — always with a one-line message, never a panic.
 
+mod client;
+mod datadir;
 mod evidence;
+mod serve;
 mod simulate;
 
 use std::path::PathBuf;
@@ -57,7 +60,9 @@ pub struct Cli {
 /// Every `kernels` command.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Show the version, the variants and their settings, and the storage format.
+    /// Run the service (HTTP API, durable ledger, rotator).
+    Serve(serve::ServeArgs),
+    /// Show the version, variants and storage format; with --data-dir, the ledger.
     Info(evidence::InfoArgs),
     /// Check a request file against the request rules (exit 0 valid, 1 invalid).
     Validate(evidence::ValidateArgs),
@@ -67,16 +72,77 @@ pub enum Command {
     Canonical(evidence::CanonicalArgs),
     /// Run recorded requests through a fresh in-memory kernel; print the bundle.
     Simulate(simulate::SimulateArgs),
+    /// Export an evidence bundle from a data dir (streamed).
+    Export(datadir::ExportArgs),
+    /// Rebuild and print the kernel state from a data dir, as of the head, a seq or a time.
+    Replay(datadir::ReplayArgs),
+    /// List the entries of a time range from a data dir, with the state before it.
+    Investigate(datadir::InvestigateArgs),
+    /// Health check of a running service (exit 0 healthy, 1 not).
+    Health(client::HealthArgs),
+    /// Status of a running service.
+    Status(client::StatusArgs),
+    /// Submit one request to a running service.
+    Submit(client::SubmitArgs),
+    /// Halt a running kernel (recorded, with the reason).
+    Halt(client::ReasonArgs),
+    /// Recover a halted kernel into a new session (recorded, with the reason).
+    Recover(client::ReasonArgs),
+    /// Preserve evidence for an incident on the service's disk (recorded).
+    Preserve(client::PreserveArgs),
+    /// Check, show or update the jurisdiction policy.
+    #[command(subcommand)]
+    Policy(client::PolicyCommand),
+    /// Rotate now: archive what is new to S3 (recorded).
+    Rotate(client::RotateArgs),
 }
 
-/// Parses the command line and runs the command.
+/// Logging: JSON lines on stderr; `KERNELS_LOG` sets the filter (default
+/// `info` for `serve`, `warn` for the other commands).
+pub fn init_tracing(cli: &Cli) {
+    let default = if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KERNELS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs the command.
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
-        Command::Info(args) => evidence::info(args),
+        Command::Serve(args) => serve::serve(args),
+        Command::Info(args) => match &args.data_dir {
+            Some(dir) => datadir::info_data_dir(dir, args.json),
+            None => evidence::info(args),
+        },
         Command::Validate(args) => evidence::validate(args),
-        Command::Verify(args) => evidence::verify(args),
+        Command::Verify(args) => match (&args.data_dir, &args.bundle) {
+            (Some(dir), None) => datadir::verify_data_dir(dir, args.json),
+            (Some(_), Some(_)) => Err(CliError::unusable(
+                "give a bundle file or --data-dir, not both",
+            )),
+            (None, _) => evidence::verify(args),
+        },
         Command::Canonical(args) => evidence::canonical(args),
         Command::Simulate(args) => simulate::simulate(args),
+        Command::Export(args) => datadir::export(args),
+        Command::Replay(args) => datadir::replay(args),
+        Command::Investigate(args) => datadir::investigate(args),
+        Command::Health(args) => client::health(args),
+        Command::Status(args) => client::status(args),
+        Command::Submit(args) => client::submit(args),
+        Command::Halt(args) => client::halt(args),
+        Command::Recover(args) => client::recover(args),
+        Command::Preserve(args) => client::preserve(args),
+        Command::Policy(cmd) => client::policy(cmd),
+        Command::Rotate(args) => client::rotate(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

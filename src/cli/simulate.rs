@@ -41,6 +41,9 @@ pub struct SimulateArgs {
     /// Permit jurisdiction.
     #[arg(long, default_value = "default")]
     pub jurisdiction: String,
+    /// A tool the kernel authorises but does not run (repeatable).
+    #[arg(long = "external-tool")]
+    pub external_tools: Vec<String>,
     /// Also write each receipt (or refusal) as a JSON line to this file.
     #[arg(long)]
     pub receipts: Option<PathBuf>,
@@ -79,6 +82,8 @@ pub(super) fn simulate(args: SimulateArgs) -> CliResult {
         None => None,
     };
 
+    let external_tools: std::collections::BTreeSet<String> =
+        args.external_tools.iter().cloned().collect();
     let mut kernel = MemoryKernel::bootstrap(&args.kernel_id, variant, &policy);
     let mut now = args.start_ms;
     for (i, line) in text.lines().enumerate() {
@@ -118,6 +123,7 @@ pub(super) fn simulate(args: SimulateArgs) -> CliResult {
                 now_ms: now,
                 keyring: &keyring,
                 jurisdiction: &args.jurisdiction,
+                external_tools: &external_tools,
             };
             Some(match kernel.submit(&raw, &ctx) {
                 Ok(receipt) => serde_json::to_value(&receipt).expect("receipts serialize"),

@@ -5,6 +5,8 @@
 //! ambiguity (fail closed) → permit (when a keyring is configured and a tool
 //! is called) → jurisdiction → variant → execute → record.
 
+use std::collections::BTreeSet;
+
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -47,7 +49,13 @@ pub struct DecideContext<'a> {
     pub keyring: &'a Keyring,
     /// Jurisdiction name permits must carry.
     pub jurisdiction: &'a str,
+    /// Tools the kernel authorises but does not run (the agent runs them):
+    /// an allowed call to one is ALLOWed without a `tool_result`.
+    pub external_tools: &'a BTreeSet<String>,
 }
+
+/// No external tools: every allowed tool call must be a built-in tool.
+pub static NO_EXTERNAL_TOOLS: BTreeSet<String> = BTreeSet::new();
 
 /// Why a request was not decided at all (nothing is recorded).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -205,7 +213,11 @@ impl KernelState {
         }
 
         let mut tool_result = None;
-        if let Some(call) = &request.tool_call {
+        if let Some(call) = request
+            .tool_call
+            .as_ref()
+            .filter(|c| !ctx.external_tools.contains(&c.name))
+        {
             walk.go(State::Executing);
             match tools::execute(&call.name, &call.params) {
                 Ok(result) => tool_result = Some(result),

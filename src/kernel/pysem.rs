@@ -53,7 +53,7 @@ pub enum PyNumber<'a> {
 /// Classifies a JSON number the way `json.loads` would.
 pub fn as_number(n: &serde_json::Number) -> PyNumber<'_> {
     let text = n.as_str();
-    if n.is_f64() {
+    if crate::canonical::is_float_literal(n) {
         PyNumber::Float(text.parse().unwrap_or(f64::NAN))
     } else {
         match text.parse::<i128>() {
@@ -67,7 +67,7 @@ pub fn as_number(n: &serde_json::Number) -> PyNumber<'_> {
 pub fn is_int(value: &Value) -> bool {
     match value {
         Value::Bool(_) => true,
-        Value::Number(n) => !n.is_f64(),
+        Value::Number(n) => !crate::canonical::is_float_literal(n),
         _ => false,
     }
 }
@@ -118,7 +118,7 @@ pub fn type_name(value: &Value) -> &'static str {
     match value {
         Value::Null => "NoneType",
         Value::Bool(_) => "bool",
-        Value::Number(n) if n.is_f64() => "float",
+        Value::Number(n) if crate::canonical::is_float_literal(n) => "float",
         Value::Number(_) => "int",
         Value::String(_) => "str",
         Value::Array(_) => "list",

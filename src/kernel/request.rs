@@ -243,7 +243,10 @@ fn is_negative(v: &Value) -> bool {
 
 fn has_non_finite(v: &Value) -> bool {
     match v {
-        Value::Number(n) => n.is_f64() && !n.as_str().parse::<f64>().is_ok_and(f64::is_finite),
+        Value::Number(n) => {
+            crate::canonical::is_float_literal(n)
+                && !n.as_str().parse::<f64>().is_ok_and(f64::is_finite)
+        }
         Value::Array(items) => items.iter().any(has_non_finite),
         Value::Object(map) => map.values().any(has_non_finite),
         _ => false,

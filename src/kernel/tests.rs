@@ -22,6 +22,7 @@ fn ctx(now_ms: u64) -> DecideContext<'static> {
         now_ms,
         keyring: &EMPTY,
         jurisdiction: "default",
+        external_tools: &crate::kernel::decide::NO_EXTERNAL_TOOLS,
     }
 }
 
@@ -205,6 +206,7 @@ fn permits_are_required_verified_and_counted_by_replay() {
         now_ms: 2_000,
         keyring: &keyring,
         jurisdiction: "default",
+        external_tools: &crate::kernel::decide::NO_EXTERNAL_TOOLS,
     };
     let mut k = kernel(Variant::Strict);
     let token = PermitToken {

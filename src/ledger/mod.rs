@@ -162,6 +162,7 @@ pub(crate) struct Inner {
     clock: Arc<dyn Clock>,
     keyring: Keyring,
     jurisdiction: String,
+    external_tools: std::collections::BTreeSet<String>,
     checkpoint_every: u64,
     metrics: Arc<Metrics>,
     flusher: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -310,6 +311,17 @@ impl Ledger {
         let content_hash = raw.content_hash();
         let mut core = self.lock_core();
         self.check_open()?;
+        // A halted kernel refuses every submission, retries included: an
+        // agent must not learn of an ALLOW (and act on it) after a halt.
+        if core.state.is_halted() {
+            let reason = core
+                .state
+                .last_halt
+                .as_ref()
+                .map(|h| h.reason.clone())
+                .unwrap_or_default();
+            return Err(Refusal::Halted(reason).into());
+        }
         let request_id = raw
             .request_id()
             .filter(|id| !id.is_empty())
@@ -354,6 +366,7 @@ impl Ledger {
                 now_ms: now,
                 keyring: &self.inner.keyring,
                 jurisdiction: &self.inner.jurisdiction,
+                external_tools: &self.inner.external_tools,
             },
         )?;
         let status = decided.status;

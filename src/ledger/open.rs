@@ -50,6 +50,8 @@ pub struct LedgerOptions {
     pub keyring: Keyring,
     /// Jurisdiction permits must name.
     pub jurisdiction: String,
+    /// Tools the kernel authorises but does not run.
+    pub external_tools: std::collections::BTreeSet<String>,
     /// Entries between state checkpoints.
     pub checkpoint_every: u64,
     /// sled tuning.
@@ -74,6 +76,7 @@ impl LedgerOptions {
             policy_source: String::new(),
             keyring: Keyring::new(),
             jurisdiction: "default".into(),
+            external_tools: Default::default(),
             checkpoint_every: 10_000,
             sled: SledOptions::default(),
             create: false,
@@ -254,6 +257,7 @@ impl Ledger {
                 clock,
                 keyring: options.keyring.clone(),
                 jurisdiction: options.jurisdiction.clone(),
+                external_tools: options.external_tools.clone(),
                 checkpoint_every: options.checkpoint_every.max(1),
                 metrics,
                 flusher: Mutex::new(Vec::new()),
@@ -360,6 +364,28 @@ impl Ledger {
             .store(entry.ledger_seq + 1, Ordering::Release);
         Ok(())
     }
+}
+
+/// Verifies every stored entry of the data dir at `path`, reporting every
+/// problem (unlike opening, which stops at the first).
+pub fn verify_data_dir(path: &std::path::Path) -> Result<VerifyReport, LedgerError> {
+    let datadir = DataDir::open(path, false)?;
+    let store = SledStore::open(&datadir.ledger_path(), &SledOptions::default())?;
+    let len = store.len()?;
+    let mut report = verify_store(&store, 0, len, GENESIS_HASH);
+    if let Some((durable_len, _)) = datadir.durable_head()?
+        && len < durable_len
+    {
+        report.errors.push(ChainError {
+            index: Some(len),
+            message: format!(
+                "entries {len}..{} were durable but are missing",
+                durable_len - 1
+            ),
+        });
+        report.valid = false;
+    }
+    Ok(report)
 }
 
 /// Verifies stored entries `from..to`, whose first must link to `anchor`:

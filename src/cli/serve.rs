@@ -1,0 +1,169 @@
+//! `kernels serve`: open the ledger, start the rotator, serve HTTP until a
+//! shutdown signal, then close cleanly.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Args;
+
+use super::{CliError, CliResult, EXIT_OK};
+use crate::config::{Config, Overrides};
+use crate::ledger::{Ledger, LedgerOptions, SystemClock};
+use crate::metrics::Metrics;
+use crate::service::auth::TokenTable;
+use crate::service::{AppState, RotationControl, ServiceSettings};
+use crate::store::sled_store::SledOptions;
+
+/// Flags every command that reads the configuration accepts.
+#[derive(Debug, Clone, Args)]
+pub struct ConfigArgs {
+    /// Configuration file (default: config/kernels.yaml when it exists).
+    #[arg(long, env = "KERNELS_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory (default ./data).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Policy file (default config/policy.yaml when it exists).
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Kernel id.
+    #[arg(long)]
+    pub kernel_id: Option<String>,
+    /// Variant (strict, permissive, evidence_first, dual_channel).
+    #[arg(long)]
+    pub variant: Option<String>,
+}
+
+impl ConfigArgs {
+    /// The command-line overrides.
+    pub fn overrides(&self, listen: Option<String>) -> Overrides {
+        Overrides {
+            config: self.config.clone(),
+            data_dir: self.data_dir.clone(),
+            listen,
+            policy: self.policy.clone(),
+            kernel_id: self.kernel_id.clone(),
+            variant: self.variant.clone(),
+        }
+    }
+
+    /// Loads and validates the configuration.
+    pub fn load(&self, listen: Option<String>) -> Result<Config, CliError> {
+        Config::load(&self.overrides(listen)).map_err(|e| CliError::unusable(e.to_string()))
+    }
+}
+
+/// Arguments of `kernels serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Configuration.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Address to listen on (default 127.0.0.1:8080).
+    #[arg(long)]
+    pub listen: Option<String>,
+}
+
+/// `kernels serve`.
+pub(super) fn serve(args: ServeArgs) -> CliResult {
+    let config = args.config.load(args.listen.clone())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::unusable(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(run(config))
+}
+
+async fn run(config: Config) -> CliResult {
+    let metrics = Arc::new(Metrics::new());
+    let mut options =
+        LedgerOptions::service(&config.kernel_id, config.variant, config.policy.clone());
+    options.policy_source = config
+        .policy_file
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "embedded example policy".into());
+    options.keyring = config.keyring.clone();
+    options.jurisdiction = config.jurisdiction.clone();
+    options.external_tools = config.external_tools.clone();
+    options.checkpoint_every = config.checkpoint_every;
+    options.sled = SledOptions {
+        cache_capacity: config.cache_bytes,
+    };
+    let data_dir = config.data_dir.clone();
+    let ledger = tokio::task::spawn_blocking(move || {
+        Ledger::open(&data_dir, options, Arc::new(SystemClock), metrics)
+    })
+    .await
+    .map_err(|e| CliError::unusable(format!("opening the ledger: {e}")))?
+    .map_err(|e| CliError::unusable(format!("refusing to start: {e}")))?;
+    let status = ledger.status();
+    tracing::info!(
+        kernel_id = %status.kernel_id,
+        variant = %status.variant,
+        state = %status.state,
+        entries = status.ledger_length,
+        root_hash = %status.root_hash,
+        policy_version = status.policy_version,
+        data_dir = %config.data_dir.display(),
+        "ledger open and verified"
+    );
+    if config.tokens.is_empty() {
+        tracing::warn!(
+            "no API tokens are configured: every /v1/ call will be refused (401); set KERNELS_OPERATOR_TOKEN, KERNELS_AUDITOR_TOKEN, KERNELS_AGENT_TOKEN or `tokens:` in the config"
+        );
+    }
+
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    //ROTATOR-START
+    let rotator: Option<Arc<DummyRot>> = None;
+    let rotation: Option<Arc<dyn RotationControl>> = None;
+    //ROTATOR-END
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| CliError::unusable(format!("cannot listen on {}: {e}", config.listen)))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| CliError::unusable(format!("cannot read the listen address: {e}")))?;
+    tracing::info!(listen = %local, "serving");
+    eprintln!("kernels: serving on http://{local}");
+
+    let state = AppState::new(
+        ledger.clone(),
+        TokenTable::new(&config.tokens),
+        ServiceSettings {
+            max_body_bytes: config.max_body_bytes,
+            request_timeout: config.request_timeout,
+            data_dir: config.data_dir.clone(),
+        },
+        rotation,
+    );
+    let app = crate::service::router(state);
+    let mut stop = shutdown_rx.clone();
+    let shutdown = async move {
+        tokio::select! {
+            _ = crate::service::shutdown_signal() => {},
+            _ = stop.changed() => {},
+        }
+    };
+    let served = crate::service::serve(listener, app, shutdown).await;
+    let _ = shutdown_tx.send(true);
+    if let Some(r) = rotator {
+        r.stopped().await;
+    }
+    //ROTATOR-X
+    let closing = ledger.clone();
+    let closed = tokio::task::spawn_blocking(move || closing.close())
+        .await
+        .map_err(|e| CliError::unusable(format!("closing the ledger: {e}")))?;
+    served.map_err(|e| CliError::unusable(format!("server error: {e}")))?;
+    closed.map_err(|e| CliError::unusable(format!("closing the ledger: {e}")))?;
+    tracing::info!(entries = ledger.durable_len(), "stopped cleanly");
+    Ok(EXIT_OK)
+}
+
+struct DummyRot;
+impl DummyRot {
+    async fn stopped(&self) {}
+}

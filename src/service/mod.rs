@@ -1,0 +1,216 @@
+//! The HTTP service: the durable kernel behind an axum router.
+//!
+//! The library never binds a socket: [`router`] builds the app and [`serve`]
+//! runs it on a listener the caller bound, until the shutdown future
+//! completes (in-flight requests finish first). `kernels serve` binds,
+//! installs the signal handlers and calls these.
+//!
+//! * [`api`] — the `/v1/` handlers, `/health`, `/ready`, `/metrics`
+//! * [`auth`] — bearer tokens and roles
+//! * [`error`] — the one place errors become status codes
+//! * [`openapi`] — the OpenAPI document, generated from the handlers
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod openapi;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::Value;
+
+use crate::ledger::Ledger;
+use crate::metrics::HttpLabels;
+use auth::{Principal, TokenTable};
+use error::ApiError;
+
+/// What the rotator offers the HTTP layer.
+pub trait RotationControl: Send + Sync + 'static {
+    /// Runs a rotation now; answers the run's outcome as JSON.
+    fn rotate_now(
+        &self,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Value, String>> + Send + '_>>;
+    /// The rotator's state and recent history as JSON.
+    fn status(&self) -> Value;
+}
+
+/// Service settings the handlers need.
+#[derive(Debug, Clone)]
+pub struct ServiceSettings {
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// Time limit of one request.
+    pub request_timeout: Duration,
+    /// Data dir (preserved evidence goes under it).
+    pub data_dir: PathBuf,
+}
+
+struct AppInner {
+    ledger: Ledger,
+    tokens: TokenTable,
+    settings: ServiceSettings,
+    rotation: Option<Arc<dyn RotationControl>>,
+}
+
+/// Shared state of the handlers: a cheap clone over an `Arc`.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<AppInner>,
+}
+
+impl AppState {
+    /// State for a router over `ledger`.
+    pub fn new(
+        ledger: Ledger,
+        tokens: TokenTable,
+        settings: ServiceSettings,
+        rotation: Option<Arc<dyn RotationControl>>,
+    ) -> AppState {
+        AppState {
+            inner: Arc::new(AppInner {
+                ledger,
+                tokens,
+                settings,
+                rotation,
+            }),
+        }
+    }
+
+    /// The ledger.
+    pub fn ledger(&self) -> &Ledger {
+        &self.inner.ledger
+    }
+
+    /// The accepted tokens.
+    pub fn tokens(&self) -> &TokenTable {
+        &self.inner.tokens
+    }
+
+    /// Settings.
+    pub fn settings(&self) -> &ServiceSettings {
+        &self.inner.settings
+    }
+
+    /// The rotator, when rotation is configured.
+    pub fn rotation(&self) -> Option<&Arc<dyn RotationControl>> {
+        self.inner.rotation.as_ref()
+    }
+}
+
+/// The application: every route, with auth, limits, timeouts and logging.
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/requests", post(api::submit))
+        .route("/status", get(api::status))
+        .route("/evidence", get(api::evidence))
+        .route("/entries", get(api::entries))
+        .route("/policy", get(api::get_policy).put(api::put_policy))
+        .route("/halt", post(api::halt))
+        .route("/recover", post(api::recover))
+        .route("/preserve", post(api::preserve))
+        .route("/rotations", get(api::rotations).post(api::rotate))
+        .route("/verify", post(api::verify))
+        .route("/openapi.json", get(openapi::document))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ));
+    Router::new()
+        .route("/health", get(api::health))
+        .route("/ready", get(api::ready))
+        .route("/metrics", get(api::metrics))
+        .nest("/v1", v1)
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.settings().max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Per-request: time limit, metrics, one log line.
+async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let timeout = state.settings().request_timeout;
+    let response = match tokio::time::timeout(timeout, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            format!("the request took longer than {timeout:?}; a retry with the same request_id returns the recorded receipt"),
+        )
+        .into_response(),
+    };
+    let status = response.status();
+    let principal = response
+        .extensions()
+        .get::<Principal>()
+        .map(|p| p.name.clone());
+    state
+        .ledger()
+        .metrics()
+        .http_requests
+        .get_or_create(&HttpLabels {
+            route: route.clone(),
+            code: status.as_u16().to_string(),
+        })
+        .inc();
+    tracing::info!(
+        method = %method,
+        route = %route,
+        status = status.as_u16(),
+        ms = started.elapsed().as_secs_f64() * 1000.0,
+        principal = principal.as_deref().unwrap_or("-"),
+        "request"
+    );
+    response
+}
+
+/// Serves `router` on `listener` until `shutdown` completes; in-flight
+/// requests finish before this returns.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}

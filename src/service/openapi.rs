@@ -1,0 +1,175 @@
+//! The OpenAPI document, generated from the handlers' annotations.
+//!
+//! The schemas below describe the wire shapes for the document only; the
+//! handlers (de)serialize the kernel's own types, which stay free of any
+//! HTTP or documentation dependency.
+
+use axum::Json;
+use serde_json::Value;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+/// A tool invocation.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ToolCallSchema {
+    /// Tool name.
+    name: String,
+    /// Tool arguments.
+    params: Option<Object>,
+}
+
+/// Any JSON object.
+#[derive(ToSchema)]
+#[schema(value_type = Object)]
+pub struct Object(#[allow(dead_code)] Value);
+
+/// An agent's request.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(example = json!({"request_id": "req-1", "actor": "agent-001", "intent": "search the docs", "tool_call": {"name": "search", "params": {"q": "rotation"}}, "params": {"q": "rotation"}}))]
+pub struct RequestSchema {
+    /// Caller's unique id (idempotency key).
+    request_id: String,
+    /// Who asks; must be an actor the token may use.
+    actor: String,
+    /// What the actor wants, in words.
+    intent: String,
+    /// The tool to run, if any.
+    tool_call: Option<ToolCallSchema>,
+    /// Request params (hashed into `params_hash`).
+    params: Option<Object>,
+    /// Supporting evidence text.
+    evidence: Option<String>,
+    /// A permit token (when permits are configured).
+    permit: Option<Object>,
+    /// Caller's timestamp (informational).
+    ts_ms: Option<u64>,
+}
+
+/// The kernel's answer.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(example = json!({"request_id": "req-1", "status": "ACCEPTED", "decision": "ALLOW", "state_from": "IDLE", "state_to": "IDLE", "ts_ms": 1700000000000u64, "error": null, "evidence_hash": "5f1c…", "ledger_seq": 42, "tool_result": "…"}))]
+pub struct ReceiptSchema {
+    /// The request's id.
+    request_id: String,
+    /// ACCEPTED, REJECTED or FAILED.
+    status: String,
+    /// ALLOW, DENY or HALT.
+    decision: String,
+    /// State before.
+    state_from: String,
+    /// State after.
+    state_to: String,
+    /// Kernel clock at the decision.
+    ts_ms: u64,
+    /// Denial or failure text.
+    error: Option<String>,
+    /// `entry_hash` of the recording entry.
+    evidence_hash: String,
+    /// Seq of the recording entry.
+    ledger_seq: u64,
+    /// The tool's result.
+    tool_result: Option<Object>,
+}
+
+/// `GET /v1/status`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct StatusSchema {
+    /// Kernel id.
+    kernel_id: String,
+    /// Variant.
+    variant: String,
+    /// IDLE or HALTED.
+    state: String,
+    /// Durable entries.
+    ledger_length: u64,
+    /// Hash of the last entry.
+    root_hash: String,
+    /// Active policy version.
+    policy_version: u64,
+    /// Last rotation.
+    last_rotation: Option<Object>,
+    /// Rotator state.
+    rotation: Object,
+}
+
+/// `PUT /v1/policy`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(example = json!({"policy": {"allowed_actors": ["agent-001"], "allowed_tools": ["search"], "require_tool_call": true, "max_intent_length": 1000}, "reason": "ticket OPS-12"}))]
+pub struct PolicyUpdateSchema {
+    /// The new policy (unknown keys are refused).
+    policy: Object,
+    /// Why (recorded).
+    reason: String,
+}
+
+/// A body with a reason.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ReasonSchema {
+    /// Why (recorded).
+    reason: String,
+}
+
+/// `POST /v1/preserve`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct PreserveSchema {
+    /// Why (recorded).
+    reason: String,
+    /// Incident name (A-Z a-z 0-9 - _).
+    incident: Option<String>,
+    /// First seq (default 0).
+    from_seq: Option<u64>,
+    /// Last seq, inclusive (default: the head).
+    to_seq: Option<u64>,
+}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// The API description.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "kernels", description = "A durable, hash-chained governance kernel between AI agents and their tools."),
+    paths(
+        super::api::health,
+        super::api::ready,
+        super::api::metrics,
+        super::api::submit,
+        super::api::status,
+        super::api::evidence,
+        super::api::entries,
+        super::api::get_policy,
+        super::api::put_policy,
+        super::api::halt,
+        super::api::recover,
+        super::api::preserve,
+        super::api::rotations,
+        super::api::rotate,
+        super::api::verify,
+        document,
+    ),
+    components(schemas(RequestSchema, ReceiptSchema, StatusSchema, PolicyUpdateSchema, ReasonSchema, PreserveSchema, super::error::ErrorBody)),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+/// `GET /v1/openapi.json`.
+#[utoipa::path(get, path = "/v1/openapi.json", responses((status = 200, description = "This document")), security(("bearer" = [])))]
+pub async fn document() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
