@@ -27,6 +27,7 @@ pub mod evidence;
 pub mod kernel;
 pub mod ledger;
 pub mod metrics;
+pub mod rotator;
 pub mod service;
 pub mod store;
 pub mod verify;

@@ -7,6 +7,7 @@
 //! negative answer (invalid chain, failed validation, unhealthy service), 2
 //! unusable input or an error — always with a one-line message, never a panic.
 
+mod archive;
 mod client;
 mod datadir;
 mod evidence;
@@ -95,6 +96,9 @@ pub enum Command {
     Policy(client::PolicyCommand),
     /// Rotate now: archive what is new to S3 (recorded).
     Rotate(client::RotateArgs),
+    /// Verify or replay a kernel's archive (S3 or a directory of downloaded objects).
+    #[command(subcommand)]
+    Archive(archive::ArchiveCommand),
 }
 
 /// Logging: JSON lines on stderr; `KERNELS_LOG` sets the filter (default
@@ -143,6 +147,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Preserve(args) => client::preserve(args),
         Command::Policy(cmd) => client::policy(cmd),
         Command::Rotate(args) => client::rotate(args),
+        Command::Archive(cmd) => archive::archive(cmd),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -115,10 +115,24 @@ async fn run(config: Config) -> CliResult {
     }
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    //ROTATOR-START
-    let rotator: Option<Arc<DummyRot>> = None;
-    let rotation: Option<Arc<dyn RotationControl>> = None;
-    //ROTATOR-END
+    let rotator = match &config.rotation {
+        Some(rotation) => {
+            tracing::info!(bucket = %rotation.bucket, prefix = %rotation.prefix, interval_secs = rotation.interval.as_secs(), "rotation enabled");
+            Some(
+                crate::rotator::Rotator::start(
+                    ledger.clone(),
+                    rotation.clone(),
+                    config.data_dir.join("rotation"),
+                    shutdown_rx.clone(),
+                )
+                .await,
+            )
+        }
+        None => None,
+    };
+    let rotation: Option<Arc<dyn RotationControl>> = rotator
+        .clone()
+        .map(|r| Arc::new(r) as Arc<dyn RotationControl>);
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -152,7 +166,6 @@ async fn run(config: Config) -> CliResult {
     if let Some(r) = rotator {
         r.stopped().await;
     }
-    //ROTATOR-X
     let closing = ledger.clone();
     let closed = tokio::task::spawn_blocking(move || closing.close())
         .await
@@ -161,9 +174,4 @@ async fn run(config: Config) -> CliResult {
     closed.map_err(|e| CliError::unusable(format!("closing the ledger: {e}")))?;
     tracing::info!(entries = ledger.durable_len(), "stopped cleanly");
     Ok(EXIT_OK)
-}
-
-struct DummyRot;
-impl DummyRot {
-    async fn stopped(&self) {}
 }

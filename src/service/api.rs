@@ -514,7 +514,7 @@ pub async fn rotate(
         )
     })?;
     rotation
-        .rotate_now()
+        .rotate_now(principal.name.clone())
         .await
         .map(Json)
         .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "rotation_failed", e))

@@ -35,9 +35,10 @@ use error::ApiError;
 
 /// What the rotator offers the HTTP layer.
 pub trait RotationControl: Send + Sync + 'static {
-    /// Runs a rotation now; answers the run's outcome as JSON.
+    /// Runs a rotation now on behalf of `actor`; answers the run's outcome as JSON.
     fn rotate_now(
         &self,
+        actor: String,
     ) -> std::pin::Pin<Box<dyn Future<Output = Result<Value, String>> + Send + '_>>;
     /// The rotator's state and recent history as JSON.
     fn status(&self) -> Value;
