@@ -64,7 +64,11 @@ impl DataDir {
                     )));
                 }
                 fs::create_dir_all(path)?;
-                sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+                let parent = path
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                sync_dir(parent)?;
             }
             Err(e) => return Err(e.into()),
         }
@@ -274,6 +278,19 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let err = DataDir::open(&tmp.path().join("missing"), false).unwrap_err();
         assert!(err.to_string().contains("no data dir"), "{err}");
+    }
+
+    #[test]
+    fn a_relative_single_component_path_works() {
+        let tmp = tempfile::tempdir().unwrap();
+        let name = tmp.path().file_name().unwrap().to_owned();
+        let parent = tmp.path().parent().unwrap();
+        // `DataDir::open("x")` relative to the current dir: emulate with a
+        // path whose parent is the empty path.
+        let rel = Path::new(&name).join("data-rel");
+        let abs = parent.join(&rel);
+        assert!(DataDir::open(&abs, true).is_ok());
+        assert_eq!(Path::new("data").parent(), Some(Path::new("")));
     }
 
     #[test]
