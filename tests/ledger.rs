@@ -140,14 +140,14 @@ fn reopening_from_a_checkpoint_gives_the_same_state_as_a_full_replay() {
     ledger.close().unwrap();
     drop(ledger);
 
+    // Reopen with the configured policy unchanged: the operator's update stands.
     let mut o = options();
     o.record_start = false;
     o.verify = VerifyOnOpen::FromCheckpoint;
-    let mut policy2 = policy();
-    policy2.allowed_actors.insert("carol".into());
-    o.policy = Some(policy2);
+    o.policy = Some(policy());
     let reopened = open_with(tmp.path(), o).unwrap();
     assert_eq!(reopened.state(), live);
+    assert!(reopened.state().policy.unwrap().allows_actor("carol"));
     let full = kernels::kernel::KernelState::replay(
         &reopened
             .entries(0, u64::MAX)
@@ -295,4 +295,40 @@ fn a_store_shorter_than_its_durable_head_is_refused() {
     .unwrap();
     let err = open_with(tmp.path(), options()).unwrap_err();
     assert!(err.to_string().contains("are missing"), "{err}");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for item in std::fs::read_dir(from).unwrap() {
+        let item = item.unwrap();
+        let dest = to.join(item.file_name());
+        if item.file_type().unwrap().is_dir() {
+            copy_dir(&item.path(), &dest);
+        } else {
+            std::fs::copy(item.path(), dest).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_format_1_data_dir_written_by_0_1_0_opens_and_verifies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/datadir-v1"),
+        &dir,
+    );
+    let report = kernels::ledger::open::verify_data_dir(&dir).unwrap();
+    assert!(report.valid, "{:?}", report.errors);
+    assert_eq!(report.entries_verified, 6);
+    let mut o = LedgerOptions::read_only();
+    o.kernel_id = Some("fixture-v1".into());
+    let ledger = open_with(&dir, o).unwrap();
+    let state = ledger.state();
+    assert_eq!(state.kernel_id.as_deref(), Some("fixture-v1"));
+    assert!(state.is_halted());
+    assert_eq!(state.policy_version, 2);
+    assert_eq!(state.head.len, 6);
+    assert_eq!(state.counters.by_decision["ALLOW"], 2);
+    ledger.close().unwrap();
 }

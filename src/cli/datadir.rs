@@ -82,9 +82,9 @@ pub(super) fn export(args: ExportArgs) -> CliResult {
         }
     };
     eprintln!(
-        "kernels: exported entries {}..{} ({} entries), root {}, sha256 {}",
+        "kernels: exported entries {}..={} ({} entries), root {}, sha256 {}",
         summary.from_seq,
-        summary.to_seq,
+        summary.to_seq.saturating_sub(1),
         summary.to_seq - summary.from_seq,
         summary.root_hash,
         summary.sha256
@@ -259,7 +259,7 @@ pub(super) fn investigate(args: InvestigateArgs) -> CliResult {
     let len = ledger.durable_len();
     let mut state = KernelState::default();
     let mut out = std::io::stdout().lock();
-    let (mut shown, mut allow, mut deny, mut halts) = (0u64, 0u64, 0u64, 0u64);
+    let (mut shown, mut allow, mut deny, mut halts, mut events) = (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut printed_state = false;
     for entry in ledger.entries(0, len) {
         let entry = entry.map_err(|e| CliError::unusable(e.to_string()))?;
@@ -281,7 +281,12 @@ pub(super) fn investigate(args: InvestigateArgs) -> CliResult {
                 .is_none_or(|a| entry.actor.as_str() == a)
             {
                 shown += 1;
+                let event = entry
+                    .tool_name
+                    .as_deref()
+                    .is_some_and(|t| t.starts_with("kernel."));
                 match entry.decision.as_str() {
+                    _ if event => events += 1,
                     "ALLOW" => allow += 1,
                     "DENY" => deny += 1,
                     _ => halts += 1,
@@ -310,7 +315,7 @@ pub(super) fn investigate(args: InvestigateArgs) -> CliResult {
     if !args.json {
         let _ = writeln!(
             out,
-            "{shown} entries in range: {allow} ALLOW, {deny} DENY, {halts} HALT/other"
+            "{shown} entries in range: {allow} ALLOW, {deny} DENY, {halts} HALT, {events} operational events"
         );
     }
     Ok(EXIT_OK)

@@ -15,6 +15,11 @@ use super::state::{KernelState, event};
 use super::variant::Variant;
 use crate::entry::EntryBody;
 
+/// Policy source of an update made by an operator through the API.
+pub const POLICY_FROM_API: &str = "api";
+/// Policy source of the service configuration (policy file or built-in).
+pub const POLICY_FROM_CONFIG: &str = "config";
+
 /// Why an operational event cannot happen now (nothing is recorded).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EventError {
@@ -103,6 +108,7 @@ impl KernelState {
             "kernel_id": kernel_id,
             "variant": variant.as_str(),
             "policy": policy.to_json(),
+            "source": POLICY_FROM_CONFIG,
         });
         event_body(
             self,
@@ -141,13 +147,16 @@ impl KernelState {
         )
     }
 
-    /// `kernel.policy_update`: `policy` becomes active.
+    /// `kernel.policy_update`: `policy` becomes active. `source` says where
+    /// it came from: [`POLICY_FROM_API`] (an operator) or
+    /// [`POLICY_FROM_CONFIG`] (the service's policy file, changed).
     pub fn policy_update_event(
         &self,
         now_ms: u64,
         actor: &str,
         policy: &Policy,
         reason: &str,
+        source: &str,
     ) -> Result<EntryBody, EventError> {
         require_initialised(self)?;
         require_reason(reason)?;
@@ -157,6 +166,7 @@ impl KernelState {
             "version": version,
             "previous_policy_hash": self.policy_hash,
             "reason": reason,
+            "source": source,
         });
         event_body(
             self,

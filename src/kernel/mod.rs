@@ -95,6 +95,7 @@ impl KernelState {
             state: State::Idle,
             session: 1,
             policy_hash: Some(policy.hash()),
+            configured_policy_hash: Some(policy.hash()),
             policy: Some(policy.clone()),
             policy_version: 1,
             ..KernelState::default()

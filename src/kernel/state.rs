@@ -138,6 +138,11 @@ pub struct KernelState {
     pub last_halt: Option<HaltMark>,
     /// Number of service starts recorded.
     pub starts: u64,
+    /// Hash of the last policy that came from the service configuration
+    /// (create, or an update when the policy file changed). A restart with
+    /// an unchanged file must not undo an operator's update.
+    #[serde(default)]
+    pub configured_policy_hash: Option<String>,
 }
 
 impl Default for KernelState {
@@ -157,6 +162,7 @@ impl Default for KernelState {
             last_rotation: None,
             last_halt: None,
             starts: 0,
+            configured_policy_hash: None,
         }
     }
 }
@@ -295,6 +301,7 @@ impl KernelState {
                 self.state = State::Idle;
                 self.session = 1;
                 self.policy_hash = Some(policy.hash());
+                self.configured_policy_hash = Some(policy.hash());
                 self.policy = Some(policy);
                 self.policy_version = 1;
             }
@@ -303,6 +310,11 @@ impl KernelState {
                 let policy = Policy::from_json(p.get("policy").unwrap_or(&Value::Null))
                     .map_err(|e| bad(&e.to_string()))?;
                 self.policy_hash = Some(policy.hash());
+                if p.get("source").and_then(Value::as_str)
+                    == Some(super::events::POLICY_FROM_CONFIG)
+                {
+                    self.configured_policy_hash = Some(policy.hash());
+                }
                 self.policy = Some(policy);
                 self.policy_version += 1;
             }

@@ -163,7 +163,13 @@ fn when_the_policy_is_updated_then_replay_until_a_seq_shows_the_policy_of_that_t
     wider.allowed_actors.insert("carol".into());
     let body = k
         .state
-        .policy_update_event(3_000, "ops", &wider, "onboard carol")
+        .policy_update_event(
+            3_000,
+            "ops",
+            &wider,
+            "onboard carol",
+            events::POLICY_FROM_API,
+        )
         .unwrap();
     k.record(body);
     let r = submit(
@@ -284,7 +290,7 @@ proptest! {
             } else if let Some(actor) = step.get("policy_actor").and_then(Value::as_str) {
                 let mut p = k.state.policy.clone().unwrap();
                 p.allowed_actors.insert(actor.to_owned());
-                let body = k.state.policy_update_event(now, "ops", &p, "widen").unwrap();
+                let body = k.state.policy_update_event(now, "ops", &p, "widen", events::POLICY_FROM_API).unwrap();
                 k.record(body);
             } else {
                 let raw = RawRequest::from_value(step).unwrap();

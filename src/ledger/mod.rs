@@ -475,8 +475,16 @@ impl Ledger {
         policy: &Policy,
         reason: &str,
     ) -> Result<Entry, LedgerError> {
-        self.event(|state, now| state.policy_update_event(now, actor, policy, reason))
-            .await
+        self.event(|state, now| {
+            state.policy_update_event(
+                now,
+                actor,
+                policy,
+                reason,
+                crate::kernel::events::POLICY_FROM_API,
+            )
+        })
+        .await
     }
 
     /// Recovers a halted kernel into a new session.
@@ -619,9 +627,16 @@ impl Drop for Inner {
     }
 }
 
+/// Version of the checkpoint's state layout; a checkpoint of another
+/// version is ignored (the state is then replayed from genesis).
+pub const CHECKPOINT_VERSION: u32 = 2;
+
 /// What a stored state checkpoint holds.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Checkpoint {
+    /// [`CHECKPOINT_VERSION`] when written.
+    #[serde(default)]
+    pub version: u32,
     /// Entries folded into `state`.
     pub len: u64,
     /// Hash of entry `len - 1`.

@@ -105,6 +105,7 @@ fn open_checkpoint(state: &KernelState) -> Vec<u8> {
 
 pub(crate) fn encode_checkpoint(state: &KernelState) -> Vec<u8> {
     serde_json::to_vec(&Checkpoint {
+        version: super::CHECKPOINT_VERSION,
         len: state.head.len,
         hash: state.head.hash.clone(),
         state: state.clone(),
@@ -170,7 +171,8 @@ impl Ledger {
         let checkpoint: Option<Checkpoint> = match store.meta(meta::CHECKPOINT)? {
             Some(bytes) => match serde_json::from_slice::<Checkpoint>(&bytes) {
                 Ok(cp)
-                    if cp.len <= len
+                    if cp.version == super::CHECKPOINT_VERSION
+                        && cp.len <= len
                         && cp.len > 0
                         && cp.state.head.len == cp.len
                         && cp.state.head.hash == cp.hash =>
@@ -298,12 +300,21 @@ impl Ledger {
                 let version = options.software_version.clone();
                 ledger.record_now(|state, now| state.start_event(now, &version))?;
             }
+            // The configured policy applies when it differs from the one last
+            // taken from the configuration — not from the active policy, which
+            // an operator may have changed since through the API.
             if let Some(policy) = &options.policy
-                && state.policy.as_ref() != Some(policy)
+                && state.configured_policy_hash.as_deref() != Some(policy.hash().as_str())
             {
                 let reason = format!("policy file changed: {}", options.policy_source);
                 ledger.record_now(|state, now| {
-                    state.policy_update_event(now, "SYSTEM", policy, &reason)
+                    state.policy_update_event(
+                        now,
+                        "SYSTEM",
+                        policy,
+                        &reason,
+                        crate::kernel::events::POLICY_FROM_CONFIG,
+                    )
                 })?;
             }
         }
