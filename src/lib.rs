@@ -33,4 +33,4 @@ pub mod store;
 pub mod verify;
 
 /// The version of the on-disk storage layout this build writes (see `migrations/`).
-pub const STORAGE_FORMAT_VERSION: u32 = 1;
+pub const STORAGE_FORMAT_VERSION: u32 = 2;

@@ -29,9 +29,24 @@ const MARKER_MAGIC: &str = "kernels data dir";
 /// One upgrade step: from format `from` to `from + 1`, applied to the dir.
 pub type Migration = fn(&Path) -> Result<(), StoreError>;
 
-/// Upgrade steps, indexed by the version they upgrade from. Format 1 is the
-/// first format, so there is none yet; `migrations/` documents each version.
-pub const MIGRATIONS: &[(u32, Migration)] = &[];
+/// Upgrade steps, indexed by the version they upgrade from; `migrations/`
+/// documents each version.
+pub const MIGRATIONS: &[(u32, Migration)] = &[(1, migrate_1_to_2)];
+
+/// Format 2 adds the write-ahead log beside the sled database
+/// (`ledger.wal/`). A format 1 dir has none, and every commit of format 1
+/// was already durable in sled: nothing to convert; the log is created on
+/// open. The step only checks that no stray log is there.
+fn migrate_1_to_2(path: &Path) -> Result<(), StoreError> {
+    let wal = path.join("ledger.wal");
+    if wal.exists() && fs::read_dir(&wal)?.next().is_some() {
+        return Err(StoreError::DataDir(format!(
+            "{} is a format 1 data dir but already has a write-ahead log; refusing to guess",
+            path.display()
+        )));
+    }
+    Ok(())
+}
 
 /// An open, locked data directory.
 #[derive(Debug)]

@@ -9,6 +9,7 @@
 pub mod datadir;
 pub mod record;
 pub mod sled_store;
+pub mod wal;
 
 use crate::entry::Entry;
 pub use record::RequestRecord;

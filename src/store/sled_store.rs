@@ -17,18 +17,24 @@
 //! A chunk is `[version 1][count: u32 BE]` then, per entry, `[len: u32 BE]`
 //! and the entry's stored record (see `record`).
 //!
-//! Durability: sled's `flush` writes its log with `sync_file_range`, which
-//! neither flushes the disk's write cache nor file metadata (sled issues
-//! #1351, #1452), and it never fsyncs blob files. [`SledStore::commit`] is
-//! therefore: `flush`, then `fdatasync` of sled's log file, then `fsync` of
-//! any new blob file and the blob directory. That sequence is the commit point.
+//! Durability: every batch applied to sled is also staged in the write-ahead
+//! log ([`super::wal`]), and [`SledStore::commit`] is one write + `fdatasync`
+//! of that log — the commit point. sled itself is made durable in the
+//! background about once a second: sled's `flush` (which writes its log with
+//! `sync_file_range`, flushing neither the disk's write cache nor metadata —
+//! sled issues #1351, #1452 — and never fsyncs blob files), then `fdatasync`
+//! of sled's log file and `fsync` of any new blob file; only then are the
+//! write-ahead log generations it covers deleted. Opening applies whatever
+//! the write-ahead log still holds.
 
 use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use super::record::{self, RequestRecord};
+use super::wal::Wal;
 use super::{LedgerStore, Scan, StoreError, meta};
 use crate::entry::Entry;
 
@@ -57,13 +63,24 @@ impl Default for SledOptions {
     }
 }
 
-/// The sled-backed store.
-pub struct SledStore {
+/// How often sled is made durable (and the write-ahead log trimmed).
+pub const SLED_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What the background sled sync needs.
+struct Durability {
     db: sled::Db,
-    tree: sled::Tree,
     path: PathBuf,
     log_file: File,
     synced_blobs: Mutex<BlobSync>,
+    wal: Wal,
+}
+
+/// The sled-backed store.
+pub struct SledStore {
+    tree: sled::Tree,
+    path: PathBuf,
+    durability: Arc<Durability>,
+    syncer: Option<(std::thread::JoinHandle<()>, Arc<(Mutex<bool>, Condvar)>)>,
 }
 
 /// Which blob files are known to be synced, and the blob dir's mtime then.
@@ -191,13 +208,96 @@ impl SledStore {
         let tree = db.open_tree("ledger").map_err(engine)?;
         let log_file = File::open(path.join("db"))?;
         super::datadir::sync_dir(path)?;
-        Ok(SledStore {
-            db,
-            tree,
+
+        // Batches committed to the write-ahead log but maybe not to sled.
+        let (wal, batches) = Wal::open(&wal_dir(path))?;
+        let replayed = !batches.is_empty();
+        for kvs in batches {
+            let mut batch = sled::Batch::default();
+            for (k, v) in kvs {
+                batch.insert(k, v);
+            }
+            tree.apply_batch(batch).map_err(engine)?;
+        }
+        let durability = Arc::new(Durability {
+            db: db.clone(),
             path: path.to_owned(),
             log_file,
             synced_blobs: Mutex::new(BlobSync::default()),
+            wal,
+        });
+        if replayed {
+            durability.make_sled_durable()?;
+        }
+        durability.wal.remove_older_generations()?;
+
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let handle = {
+            let (durability, stop) = (durability.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("kernels-sled-sync".into())
+                .spawn(move || sync_loop(&durability, &stop))?
+        };
+        Ok(SledStore {
+            tree,
+            path: path.to_owned(),
+            durability,
+            syncer: Some((handle, stop)),
         })
+    }
+}
+
+/// Where the write-ahead log of the sled database at `path` lives.
+pub fn wal_dir(path: &Path) -> PathBuf {
+    path.with_extension("wal")
+}
+
+fn sync_loop(durability: &Durability, stop: &(Mutex<bool>, Condvar)) {
+    let (lock, cv) = stop;
+    let mut stopped = lock.lock().unwrap_or_else(|p| p.into_inner());
+    while !*stopped {
+        stopped = cv
+            .wait_timeout(stopped, SLED_SYNC_INTERVAL)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+        if *stopped {
+            break;
+        }
+        drop(stopped);
+        if let Err(e) = durability.make_sled_durable() {
+            // The write-ahead log keeps everything: retry next time.
+            tracing::error!(error = %e, "making sled durable failed; the write-ahead log is kept");
+        }
+        stopped = lock.lock().unwrap_or_else(|p| p.into_inner());
+    }
+}
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        if let Some((handle, stop)) = self.syncer.take() {
+            *stop.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            stop.1.notify_all();
+            let _ = handle.join();
+        }
+        if let Err(e) = self.durability.make_sled_durable() {
+            tracing::error!(error = %e, "final sled sync failed; the write-ahead log is kept");
+        }
+    }
+}
+
+impl Durability {
+    /// Makes everything applied to sled so far durable in sled, then drops
+    /// the write-ahead log generations that are no longer needed.
+    fn make_sled_durable(&self) -> Result<(), StoreError> {
+        let Some(closed) = self.wal.rotate()? else {
+            return Ok(());
+        };
+        // Every batch of generation `closed` was applied to sled before the
+        // rotation, so this flush covers it.
+        self.db.flush().map_err(engine)?;
+        self.log_file.sync_data()?;
+        self.sync_blobs()?;
+        self.wal.remove_through(closed)
     }
 
     /// fsyncs blob files sled wrote since the last call (sled never does).
@@ -237,6 +337,21 @@ impl SledStore {
     }
 }
 
+impl SledStore {
+    /// Applies one atomic batch to sled and stages it in the write-ahead log
+    /// (durable at the next commit).
+    fn apply(&self, kvs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (k, v) in &kvs {
+            batch.insert(&k[..], &v[..]);
+        }
+        self.tree.apply_batch(batch).map_err(engine)?;
+        let refs: Vec<(&[u8], &[u8])> = kvs.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+        self.durability.wal.stage(&refs);
+        Ok(())
+    }
+}
+
 impl LedgerStore for SledStore {
     fn append(
         &self,
@@ -244,13 +359,13 @@ impl LedgerStore for SledStore {
         requests: &[(String, RequestRecord)],
         checkpoint: Option<Vec<u8>>,
     ) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
+        let mut kvs: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(requests.len() + 3);
         for (first, chunk) in encode_chunks(entries) {
-            batch.insert(&chunk_key(first)[..], chunk);
+            kvs.push((chunk_key(first).to_vec(), chunk));
         }
         for (id, rec) in requests {
             let value = serde_json::to_vec(rec).expect("request records serialize");
-            batch.insert(prefixed(REQUEST, id.as_bytes()), value);
+            kvs.push((prefixed(REQUEST, id.as_bytes()), value));
         }
         if let Some(last) = entries.last() {
             let mut head = Vec::with_capacity(40);
@@ -259,20 +374,18 @@ impl LedgerStore for SledStore {
             hex::decode_to_slice(&last.entry_hash, &mut raw)
                 .expect("sealed entries have hex hashes");
             head.extend_from_slice(&raw);
-            batch.insert(prefixed(META, meta::HEAD.as_bytes()), head);
+            kvs.push((prefixed(META, meta::HEAD.as_bytes()), head));
         }
         if let Some(cp) = checkpoint {
-            batch.insert(prefixed(META, meta::CHECKPOINT.as_bytes()), cp);
+            kvs.push((prefixed(META, meta::CHECKPOINT.as_bytes()), cp));
         }
-        self.tree.apply_batch(batch).map_err(engine)
+        self.apply(kvs)
     }
 
     fn commit(&self) -> Result<(), StoreError> {
-        // THE COMMIT POINT: after these three steps return Ok, every append
-        // made before `flush` began is on stable storage.
-        self.db.flush().map_err(engine)?;
-        self.log_file.sync_data()?;
-        self.sync_blobs()
+        // THE COMMIT POINT: when this returns Ok, every batch appended before
+        // is in the fdatasync'ed write-ahead log.
+        self.durability.wal.commit()
     }
 
     fn scan(&self, from: u64, to: u64) -> Scan<'_> {
@@ -355,10 +468,7 @@ impl LedgerStore for SledStore {
     }
 
     fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.tree
-            .insert(prefixed(META, key.as_bytes()), value)
-            .map_err(engine)?;
-        Ok(())
+        self.apply(vec![(prefixed(META, key.as_bytes()), value.to_vec())])
     }
 }
 
