@@ -69,18 +69,50 @@ pub const SLED_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// What the background sled sync needs.
 struct Durability {
     db: sled::Db,
+    tree: sled::Tree,
     path: PathBuf,
     log_file: File,
     synced_blobs: Mutex<BlobSync>,
     wal: Wal,
+    index: Index,
 }
+
+/// Request records waiting to be written into sled's index.
+///
+/// A group commit writes its entries into sled at once, but its request
+/// records (one sled insert each, several microseconds apiece) are written
+/// by a background indexer: they are durable in the write-ahead log from the
+/// commit on, and visible to lookups from this queue until the indexer has
+/// put them in sled. Before a write-ahead log generation is dropped, the
+/// indexer has caught up with every record queued before it was closed.
+#[derive(Default)]
+struct Index {
+    /// Guards queueing + staging against rotation; holds the number of
+    /// records ever queued.
+    gate: Mutex<u64>,
+    queue: Mutex<IndexQueue>,
+    /// Signals the indexer (new work) and waiters (progress).
+    cv: Condvar,
+}
+
+#[derive(Default)]
+struct IndexQueue {
+    pending: Vec<(Vec<u8>, Vec<u8>)>,
+    lookup: std::collections::HashMap<Vec<u8>, Vec<u8>>,
+    /// Records put in sled so far.
+    applied: u64,
+    stop: bool,
+}
+
+type Syncer = (std::thread::JoinHandle<()>, Arc<(Mutex<bool>, Condvar)>);
 
 /// The sled-backed store.
 pub struct SledStore {
     tree: sled::Tree,
     path: PathBuf,
     durability: Arc<Durability>,
-    syncer: Option<(std::thread::JoinHandle<()>, Arc<(Mutex<bool>, Condvar)>)>,
+    syncer: Option<Syncer>,
+    indexer: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Which blob files are known to be synced, and the blob dir's mtime then.
@@ -221,10 +253,12 @@ impl SledStore {
         }
         let durability = Arc::new(Durability {
             db: db.clone(),
+            tree: tree.clone(),
             path: path.to_owned(),
             log_file,
             synced_blobs: Mutex::new(BlobSync::default()),
             wal,
+            index: Index::default(),
         });
         if replayed {
             durability.make_sled_durable()?;
@@ -238,11 +272,18 @@ impl SledStore {
                 .name("kernels-sled-sync".into())
                 .spawn(move || sync_loop(&durability, &stop))?
         };
+        let indexer = {
+            let durability = durability.clone();
+            std::thread::Builder::new()
+                .name("kernels-indexer".into())
+                .spawn(move || durability.index_loop())?
+        };
         Ok(SledStore {
             tree,
             path: path.to_owned(),
             durability,
             syncer: Some((handle, stop)),
+            indexer: Some(indexer),
         })
     }
 }
@@ -279,6 +320,14 @@ impl Drop for SledStore {
             stop.1.notify_all();
             let _ = handle.join();
         }
+        {
+            let index = &self.durability.index;
+            index.queue.lock().unwrap_or_else(|p| p.into_inner()).stop = true;
+            index.cv.notify_all();
+        }
+        if let Some(handle) = self.indexer.take() {
+            let _ = handle.join();
+        }
         if let Err(e) = self.durability.make_sled_durable() {
             tracing::error!(error = %e, "final sled sync failed; the write-ahead log is kept");
         }
@@ -289,15 +338,106 @@ impl Durability {
     /// Makes everything applied to sled so far durable in sled, then drops
     /// the write-ahead log generations that are no longer needed.
     fn make_sled_durable(&self) -> Result<(), StoreError> {
-        let Some(closed) = self.wal.rotate()? else {
+        let (closed, queued) = {
+            let gate = self.index.gate.lock().unwrap_or_else(|p| p.into_inner());
+            (self.wal.rotate()?, *gate)
+        };
+        let Some(closed) = closed else {
             return Ok(());
         };
         // Every batch of generation `closed` was applied to sled before the
-        // rotation, so this flush covers it.
+        // rotation (its request records once the indexer reaches `queued`),
+        // so this flush covers it.
+        self.wait_indexed(queued)?;
         self.db.flush().map_err(engine)?;
         self.log_file.sync_data()?;
         self.sync_blobs()?;
         self.wal.remove_through(closed)
+    }
+
+    /// Queues request records for the indexer and stages the whole batch in
+    /// the write-ahead log, atomically with respect to a rotation.
+    fn queue_and_stage(&self, index_kvs: Vec<(Vec<u8>, Vec<u8>)>, frame: &[(&[u8], &[u8])]) {
+        let mut gate = self.index.gate.lock().unwrap_or_else(|p| p.into_inner());
+        if !index_kvs.is_empty() {
+            let mut q = self.index.queue.lock().unwrap_or_else(|p| p.into_inner());
+            *gate += index_kvs.len() as u64;
+            for (k, v) in index_kvs {
+                q.lookup.insert(k.clone(), v.clone());
+                q.pending.push((k, v));
+            }
+            drop(q);
+            self.index.cv.notify_all();
+        }
+        self.wal.stage(frame);
+        drop(gate);
+    }
+
+    /// The indexer: puts queued request records into sled, in batches.
+    fn index_loop(&self) {
+        loop {
+            let batch = {
+                let mut q = self.index.queue.lock().unwrap_or_else(|p| p.into_inner());
+                while q.pending.is_empty() && !q.stop {
+                    q = self.index.cv.wait(q).unwrap_or_else(|p| p.into_inner());
+                }
+                if q.pending.is_empty() {
+                    return;
+                }
+                std::mem::take(&mut q.pending)
+            };
+            let mut sled_batch = sled::Batch::default();
+            for (k, v) in &batch {
+                sled_batch.insert(&k[..], &v[..]);
+            }
+            if let Err(e) = self.tree.apply_batch(sled_batch) {
+                // The records stay in the lookup map and in the write-ahead
+                // log; the next sled sync waits for them and reports.
+                tracing::error!(error = %e, "indexing request records failed");
+                let mut q = self.index.queue.lock().unwrap_or_else(|p| p.into_inner());
+                let mut retry = batch;
+                retry.append(&mut q.pending);
+                q.pending = retry;
+                drop(q);
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            let mut q = self.index.queue.lock().unwrap_or_else(|p| p.into_inner());
+            for (k, _) in &batch {
+                q.lookup.remove(k);
+            }
+            q.applied += batch.len() as u64;
+            drop(q);
+            self.index.cv.notify_all();
+        }
+    }
+
+    /// Waits until the indexer has put `count` records in sled.
+    fn wait_indexed(&self, count: u64) -> Result<(), StoreError> {
+        let mut q = self.index.queue.lock().unwrap_or_else(|p| p.into_inner());
+        while q.applied < count {
+            if q.stop {
+                // Shutting down: index what is left here.
+                let rest = std::mem::take(&mut q.pending);
+                let mut sled_batch = sled::Batch::default();
+                for (k, v) in &rest {
+                    sled_batch.insert(&k[..], &v[..]);
+                }
+                self.tree.apply_batch(sled_batch).map_err(engine)?;
+                for (k, _) in &rest {
+                    q.lookup.remove(k);
+                }
+                q.applied += rest.len() as u64;
+                break;
+            }
+            let (guard, _) = self
+                .index
+                .cv
+                .wait_timeout(q, Duration::from_millis(100))
+                .unwrap_or_else(|p| p.into_inner());
+            q = guard;
+        }
+        Ok(())
     }
 
     /// fsyncs blob files sled wrote since the last call (sled never does).
@@ -341,13 +481,19 @@ impl SledStore {
     /// Applies one atomic batch to sled and stages it in the write-ahead log
     /// (durable at the next commit).
     fn apply(&self, kvs: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StoreError> {
+        // Request records go to the indexer; everything else into sled now.
         let mut batch = sled::Batch::default();
+        let mut index_kvs = Vec::new();
         for (k, v) in &kvs {
-            batch.insert(&k[..], &v[..]);
+            if k.first() == Some(&REQUEST) {
+                index_kvs.push((k.clone(), v.clone()));
+            } else {
+                batch.insert(&k[..], &v[..]);
+            }
         }
         self.tree.apply_batch(batch).map_err(engine)?;
         let refs: Vec<(&[u8], &[u8])> = kvs.iter().map(|(k, v)| (&k[..], &v[..])).collect();
-        self.durability.wal.stage(&refs);
+        self.durability.queue_and_stage(index_kvs, &refs);
         Ok(())
     }
 }
@@ -447,11 +593,21 @@ impl LedgerStore for SledStore {
     }
 
     fn request(&self, request_id: &str) -> Result<Option<RequestRecord>, StoreError> {
-        match self
-            .tree
-            .get(prefixed(REQUEST, request_id.as_bytes()))
-            .map_err(engine)?
-        {
+        let key = prefixed(REQUEST, request_id.as_bytes());
+        let queued = {
+            let q = self
+                .durability
+                .index
+                .queue
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            q.lookup.get(&key).cloned()
+        };
+        let found = match queued {
+            Some(v) => Some(v),
+            None => self.tree.get(&key).map_err(engine)?.map(|v| v.to_vec()),
+        };
+        match found {
             None => Ok(None),
             Some(v) => serde_json::from_slice(&v)
                 .map(Some)
