@@ -306,28 +306,6 @@ fn short(hash: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entry::EntryBody;
-
-    fn chain(n: u64) -> Vec<Entry> {
-        let mut prev = GENESIS_HASH.to_owned();
-        (0..n)
-            .map(|i| {
-                let e = EntryBody {
-                    ts_ms: 1000 + i,
-                    request_id: format!("r{i}").into(),
-                    actor: "a".into(),
-                    intent: "i".into(),
-                    decision: "ALLOW".into(),
-                    state_from: "IDLE".into(),
-                    state_to: "IDLE".into(),
-                    ..EntryBody::default()
-                }
-                .seal(i, &prev);
-                prev = e.entry_hash.clone();
-                e
-            })
-            .collect()
-    }
 
     fn verify(entries: Vec<Entry>, root: Option<&str>) -> VerifyReport {
         let mut v = ChainVerifier::new();
@@ -335,6 +313,10 @@ mod tests {
             v.push(e);
         }
         v.finish(root)
+    }
+
+    fn chain(n: u64) -> Vec<Entry> {
+        crate::entry::test_chain(n, 0, GENESIS_HASH)
     }
 
     #[test]

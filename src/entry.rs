@@ -341,6 +341,30 @@ pub fn compute_hash_of_value(
     Ok(canonical::sha256_hex(text.as_bytes()))
 }
 
+/// A valid chain of `n` simple decision entries starting at `from`, linked
+/// to `anchor` (tests).
+#[cfg(test)]
+pub(crate) fn test_chain(n: u64, from: u64, anchor: &str) -> Vec<Entry> {
+    let mut prev = anchor.to_owned();
+    (from..from + n)
+        .map(|i| {
+            let e = EntryBody {
+                ts_ms: i,
+                request_id: format!("r{i}").into(),
+                actor: "a".into(),
+                intent: "i".into(),
+                decision: "ALLOW".into(),
+                state_from: "IDLE".into(),
+                state_to: "IDLE".into(),
+                ..EntryBody::default()
+            }
+            .seal(i, &prev);
+            prev = e.entry_hash.clone();
+            e
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

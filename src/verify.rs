@@ -187,31 +187,14 @@ impl<R: Read> Read for CountingReader<R> {
 mod tests {
     use super::*;
     use crate::bundle::ExportHeader;
-    use crate::entry::{EntryBody, GENESIS_HASH};
-
-    fn entries(n: u64, from: u64, anchor: &str) -> Vec<Entry> {
-        let mut prev = anchor.to_owned();
-        (from..from + n)
-            .map(|i| {
-                let e = EntryBody {
-                    ts_ms: i,
-                    request_id: format!("r{i}").into(),
-                    actor: "a".into(),
-                    intent: "i".into(),
-                    decision: "ALLOW".into(),
-                    state_from: "IDLE".into(),
-                    state_to: "IDLE".into(),
-                    ..EntryBody::default()
-                }
-                .seal(i, &prev);
-                prev = e.entry_hash.clone();
-                e
-            })
-            .collect()
-    }
+    use crate::entry::GENESIS_HASH;
 
     fn verify_bytes(bytes: &[u8]) -> VerifyReport {
         verify_bundle(bytes, &AtomicU64::new(0)).unwrap()
+    }
+
+    fn entries(n: u64, from: u64, anchor: &str) -> Vec<Entry> {
+        crate::entry::test_chain(n, from, anchor)
     }
 
     #[test]

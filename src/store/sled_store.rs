@@ -631,27 +631,10 @@ impl LedgerStore for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entry::{EntryBody, GENESIS_HASH};
+    use crate::entry::GENESIS_HASH;
 
     fn chain(n: u64) -> Vec<Entry> {
-        let mut prev = GENESIS_HASH.to_owned();
-        (0..n)
-            .map(|i| {
-                let e = EntryBody {
-                    ts_ms: i,
-                    request_id: format!("r{i}").into(),
-                    actor: "a".into(),
-                    intent: "i".into(),
-                    decision: "ALLOW".into(),
-                    state_from: "IDLE".into(),
-                    state_to: "IDLE".into(),
-                    ..EntryBody::default()
-                }
-                .seal(i, &prev);
-                prev = e.entry_hash.clone();
-                e
-            })
-            .collect()
+        crate::entry::test_chain(n, 0, GENESIS_HASH)
     }
 
     #[test]
