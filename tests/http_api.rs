@@ -173,7 +173,13 @@ async fn submit_status_evidence_policy_halt_recover() {
     assert!(doc["paths"]["/v1/requests"]["post"].is_object());
     let (code, metrics) = get(&server.url("/metrics"), None).await;
     assert_eq!(code, 200);
-    assert!(metrics.as_str().unwrap().contains("kernels_commits_total"));
+    let metrics = metrics.as_str().unwrap();
+    assert!(metrics.contains("kernels_commits_total"));
+    assert!(
+        metrics.contains(r#"kernels_http_requests_total{route="/v1/requests",code="200"}"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"kernels_decisions_total{decision="ALLOW",status="ACCEPTED"}"#));
     server.stop().await;
 }
 

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -107,6 +107,24 @@ impl AppState {
     }
 }
 
+/// Every path the service answers (the metrics' route label).
+pub const ROUTES: &[&str] = &[
+    "/health",
+    "/ready",
+    "/metrics",
+    "/v1/requests",
+    "/v1/status",
+    "/v1/evidence",
+    "/v1/entries",
+    "/v1/policy",
+    "/v1/halt",
+    "/v1/recover",
+    "/v1/preserve",
+    "/v1/rotations",
+    "/v1/verify",
+    "/v1/openapi.json",
+];
+
 /// The application: every route, with auth, limits, timeouts and logging.
 pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
@@ -141,11 +159,13 @@ pub fn router(state: AppState) -> Router {
 async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+    // This layer runs before routing, so the route label is the path when
+    // it is one of ours (bounded label values), else "other".
+    let route = ROUTES
+        .iter()
+        .find(|r| **r == req.uri().path())
+        .map_or("other", |r| r)
+        .to_owned();
     let timeout = state.settings().request_timeout;
     let response = match tokio::time::timeout(timeout, next.run(req)).await {
         Ok(r) => r,
