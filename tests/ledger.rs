@@ -332,3 +332,29 @@ fn a_format_1_data_dir_written_by_0_1_0_opens_and_verifies() {
     assert_eq!(state.counters.by_decision["ALLOW"], 2);
     ledger.close().unwrap();
 }
+
+#[test]
+fn an_entry_that_triggers_a_checkpoint_is_committed() {
+    // Regression: the entry that adds a checkpoint to an empty batch must
+    // still wake the flusher (it once did not, and commits stopped).
+    let tmp = tempfile::tempdir().unwrap();
+    let mut o = options();
+    o.checkpoint_every = 1;
+    let ledger = open_with(tmp.path(), o).unwrap();
+    let rt = rt();
+    rt.block_on(async {
+        for i in 0..50 {
+            let r = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                ledger.submit(&request(&format!("c{i}"), "alice")),
+            )
+            .await
+            .expect("a decision must be committed, not left waiting");
+            r.unwrap();
+            // Let the flusher go back to sleep before the next one.
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    });
+    assert_eq!(ledger.durable_len(), 51);
+    ledger.close().unwrap();
+}

@@ -258,6 +258,9 @@ impl Ledger {
         entry: Entry,
         request: Option<(String, RequestRecord)>,
     ) -> Durable {
+        // Whether the flusher may be asleep on an empty batch — decided before
+        // anything (entry or checkpoint) is added to the batch.
+        let was_empty = core.pending.is_empty();
         core.state
             .apply(&entry)
             .expect("a sealed entry continues the chain");
@@ -266,7 +269,6 @@ impl Ledger {
             core.pending.checkpoint = Some(open::encode_checkpoint(&core.state));
             core.last_checkpoint_len = len;
         }
-        let was_empty = core.pending.is_empty();
         core.pending.entries.push(entry);
         core.pending.requests.extend(request);
         let (tx, rx) = oneshot::channel();
