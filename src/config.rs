@@ -145,6 +145,9 @@ pub struct RawStorage {
     pub cache_mb: Option<u64>,
     /// Entries between state checkpoints (default 10000).
     pub checkpoint_every: Option<u64>,
+    /// How much of the stored chain `serve` verifies before it starts:
+    /// `full` (default) or `checkpoint` (from the last state checkpoint).
+    pub verify_on_start: Option<String>,
 }
 
 /// Token roles, from least to most powerful.
@@ -266,6 +269,8 @@ pub struct Config {
     pub cache_bytes: u64,
     /// Entries between checkpoints.
     pub checkpoint_every: u64,
+    /// Whether `serve` verifies every stored entry before it starts.
+    pub verify_full_on_start: bool,
 }
 
 /// Values from the command line (they override everything).
@@ -600,6 +605,15 @@ impl Config {
         let request_timeout = parse_duration(limits.request_timeout.as_deref().unwrap_or("10s"))
             .map_err(|e| err(format!("limits.request_timeout: {e}")))?;
         let storage = raw.storage.unwrap_or_default();
+        let verify_full_on_start = match storage.verify_on_start.as_deref() {
+            None | Some("full") => true,
+            Some("checkpoint") => false,
+            Some(other) => {
+                return Err(err(format!(
+                    "storage.verify_on_start '{other}' is not full or checkpoint"
+                )));
+            }
+        };
 
         Ok(Config {
             kernel_id,
@@ -621,6 +635,7 @@ impl Config {
             request_timeout,
             cache_bytes: storage.cache_mb.unwrap_or(16) * 1024 * 1024,
             checkpoint_every: storage.checkpoint_every.unwrap_or(10_000).max(1),
+            verify_full_on_start,
         })
     }
 }

@@ -90,6 +90,15 @@ async fn run(config: Config) -> CliResult {
     options.sled = SledOptions {
         cache_capacity: config.cache_bytes,
     };
+    if config.verify_full_on_start && config.data_dir.join("KERNELS_FORMAT").exists() {
+        let dir = config.data_dir.clone();
+        tokio::task::spawn_blocking(move || verify_in_child(&dir))
+            .await
+            .map_err(|e| CliError::unusable(format!("verifying the ledger: {e}")))??;
+    }
+    // Every entry was just verified (or the operator chose not to): opening
+    // verifies from the last state checkpoint to the head.
+    options.verify = crate::ledger::open::VerifyOnOpen::FromCheckpoint;
     let data_dir = config.data_dir.clone();
     let ledger = tokio::task::spawn_blocking(move || {
         Ledger::open(&data_dir, options, Arc::new(SystemClock), metrics)
@@ -174,4 +183,56 @@ async fn run(config: Config) -> CliResult {
     closed.map_err(|e| CliError::unusable(format!("closing the ledger: {e}")))?;
     tracing::info!(entries = ledger.durable_len(), "stopped cleanly");
     Ok(EXIT_OK)
+}
+
+/// Verifies every stored entry of `dir` in a short-lived child process
+/// (`kernels verify --data-dir DIR --json`) before the service opens it.
+///
+/// sled keeps the pages a scan reads in memory for as long as the database is
+/// open (sled 0.34; its cache capacity does not bound them), so a full
+/// verification inside the service would pin memory proportional to the
+/// ledger for the service's whole life. In a child process that memory is
+/// returned when the child exits; the service then opens with a verification
+/// from its last checkpoint only. A bad entry stops the start, naming it.
+fn verify_in_child(dir: &std::path::Path) -> Result<(), CliError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| CliError::unusable(format!("cannot find the kernels binary: {e}")))?;
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(exe)
+        .arg("verify")
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("--json")
+        .env_remove("KERNELS_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| CliError::unusable(format!("cannot run the verification: {e}")))?;
+    let report: Option<serde_json::Value> = serde_json::from_slice(&out.stdout).ok();
+    match (out.status.code(), report) {
+        (Some(0), Some(report)) => {
+            tracing::info!(
+                entries = report["entries_verified"].as_u64().unwrap_or(0),
+                root_hash = report["computed_root_hash"].as_str().unwrap_or(""),
+                seconds = started.elapsed().as_secs_f64(),
+                "every stored entry verified"
+            );
+            Ok(())
+        }
+        (Some(1), Some(report)) => {
+            let first = &report["errors"][0];
+            let count = report["errors"].as_array().map_or(0, Vec::len);
+            Err(CliError::unusable(format!(
+                "refusing to start: stored ledger is corrupt at entry {}: {} ({count} problem(s); `kernels verify --data-dir {}` lists them)",
+                first["index"],
+                first["message"].as_str().unwrap_or("?"),
+                dir.display()
+            )))
+        }
+        _ => Err(CliError::unusable(format!(
+            "refusing to start: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .trim_start_matches("kernels: ")
+        ))),
+    }
 }
