@@ -230,18 +230,25 @@ impl<R: BufRead> Scanner<R> {
         }
     }
 
-    fn push(&self, out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), BundleError> {
-        if out.len() + bytes.len() > MAX_VALUE_BYTES {
-            return Err(self.syntax("a single value is larger than 64 MiB"));
+    fn too_large(&self) -> BundleError {
+        self.syntax("a single value is larger than 64 MiB")
+    }
+
+    /// Copies `n` bytes of the current buffer into `out` and consumes them.
+    fn take(&mut self, n: usize, out: &mut Vec<u8>) -> Result<(), BundleError> {
+        let chunk = self.input.fill_buf()?;
+        if out.len() + n > MAX_VALUE_BYTES {
+            return Err(self.too_large());
         }
-        out.extend_from_slice(bytes);
+        out.extend_from_slice(&chunk[..n]);
+        self.input.consume(n);
+        self.offset += n as u64;
         Ok(())
     }
 
     fn capture_string(&mut self, out: &mut Vec<u8>) -> Result<(), BundleError> {
         // Caller guarantees the next byte is the opening quote.
-        self.push(out, b"\"")?;
-        self.bump();
+        self.take(1, out)?;
         let mut escaped = false;
         loop {
             let chunk = self.input.fill_buf()?;
@@ -259,11 +266,8 @@ impl<R: BufRead> Scanner<R> {
                     break;
                 }
             }
-            let take = end.map_or(chunk.len(), |i| i + 1);
-            let piece = chunk[..take].to_vec();
-            self.input.consume(take);
-            self.offset += take as u64;
-            self.push(out, &piece)?;
+            let n = end.map_or(chunk.len(), |i| i + 1);
+            self.take(n, out)?;
             if end.is_some() {
                 return Ok(());
             }
@@ -279,19 +283,22 @@ impl<R: BufRead> Scanner<R> {
             }
             let mut i = 0;
             let mut done = false;
-            let mut in_string_at = None;
+            let mut at_string = false;
+            let mut bad = None;
             while i < chunk.len() {
                 let b = chunk[i];
                 match b {
                     b'{' | b'[' => {
                         if stack.len() >= 256 {
-                            return Err(self.syntax("nesting deeper than 256 levels"));
+                            bad = Some("nesting deeper than 256 levels");
+                            break;
                         }
                         stack.push(if b == b'{' { b'}' } else { b']' });
                     }
                     b'}' | b']' => {
                         if stack.pop() != Some(b) {
-                            return Err(self.syntax("mismatched bracket"));
+                            bad = Some("mismatched bracket");
+                            break;
                         }
                         if stack.is_empty() {
                             i += 1;
@@ -300,21 +307,21 @@ impl<R: BufRead> Scanner<R> {
                         }
                     }
                     b'"' => {
-                        in_string_at = Some(i);
+                        at_string = true;
                         break;
                     }
                     _ => {}
                 }
                 i += 1;
             }
-            let piece = chunk[..i].to_vec();
-            self.input.consume(i);
-            self.offset += i as u64;
-            self.push(out, &piece)?;
+            if let Some(message) = bad {
+                return Err(self.syntax(message));
+            }
+            self.take(i, out)?;
             if done {
                 return Ok(());
             }
-            if in_string_at.is_some() {
+            if at_string {
                 self.capture_string(out)?;
             }
         }
@@ -332,11 +339,8 @@ impl<R: BufRead> Scanner<R> {
                     b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r' | b':' | b'"' | b'{' | b'['
                 )
             });
-            let take = end.unwrap_or(chunk.len());
-            let piece = chunk[..take].to_vec();
-            self.input.consume(take);
-            self.offset += take as u64;
-            self.push(out, &piece)?;
+            let n = end.unwrap_or(chunk.len());
+            self.take(n, out)?;
             if end.is_some() {
                 return Ok(());
             }
