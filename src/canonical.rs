@@ -109,6 +109,14 @@ pub fn write_str(out: &mut String, s: &str) {
 
 fn write_str_styled(out: &mut String, s: &str, ascii: bool) {
     out.push('"');
+    // Fast path: printable ASCII without quote or backslash is written as is.
+    if s.bytes()
+        .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
+    {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     let mut plain_start = 0;
     for (i, ch) in s.char_indices() {
         let escape: Option<&str> = match ch {
