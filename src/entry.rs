@@ -7,6 +7,8 @@
 //! full payload beside the entry; its canonical hash is the entry's
 //! `params_hash`, so the payload is covered by the chain too.
 
+use std::fmt::Write as _;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -30,14 +32,6 @@ impl Text {
     /// The raw JSON value.
     pub fn value(&self) -> &Value {
         &self.0
-    }
-
-    fn write(&self, out: &mut String) {
-        match &self.0 {
-            Value::String(s) => canonical::write_str(out, s),
-            // Only values decoded from JSON get here; they always have a canonical form.
-            other => canonical::write_value(out, other).unwrap_or_else(|_| out.push_str("null")),
-        }
     }
 }
 
@@ -226,21 +220,138 @@ impl Entry {
     }
 
     fn write_hashed_fields(&self, out: &mut String) {
-        // Keys in code-point order, as Python's sort_keys=True writes them.
+        let reasons: Option<Vec<&str>> = self
+            .permit_denial_reasons
+            .as_ref()
+            .map(|r| r.iter().map(String::as_str).collect());
+        HashedRef {
+            actor: TextRef::of(&self.actor),
+            decision: &self.decision,
+            error: self.error.as_deref(),
+            evidence_hash: self.evidence_hash.as_deref(),
+            intent: TextRef::of(&self.intent),
+            params_hash: self.params_hash.as_deref(),
+            permit_denial_reasons: reasons.as_deref(),
+            permit_digest: self.permit_digest.as_deref(),
+            permit_issuer: self.permit_issuer.as_deref(),
+            permit_max_executions: self.permit_max_executions,
+            permit_nonce: self.permit_nonce.as_deref(),
+            permit_subject: self.permit_subject.as_deref(),
+            permit_verification: self.permit_verification.as_deref(),
+            proposal_hash: self.proposal_hash.as_deref(),
+            request_id: TextRef::of(&self.request_id),
+            state_from: &self.state_from,
+            state_to: &self.state_to,
+            tool_name: self.tool_name.as_deref(),
+            ts_ms: self.ts_ms,
+        }
+        .write(out);
+    }
+
+    /// Checks a stored payload against `params_hash`; `None` when there is no payload.
+    pub fn payload_matches(&self) -> Option<Result<bool, CanonicalError>> {
+        let payload = self.payload.as_ref()?;
+        Some(canonical::sha256_of(payload).map(|h| self.params_hash.as_deref() == Some(&h)))
+    }
+}
+
+fn opt_str(out: &mut String, value: Option<&str>) {
+    match value {
+        Some(s) => canonical::write_str(out, s),
+        None => out.push_str("null"),
+    }
+}
+
+/// A text field, borrowed: a string, or (for invalid requests) any JSON value.
+#[derive(Debug, Clone, Copy)]
+pub enum TextRef<'a> {
+    /// A string.
+    Str(&'a str),
+    /// Another JSON value.
+    Json(&'a Value),
+}
+
+impl<'a> TextRef<'a> {
+    /// Borrows a [`Text`].
+    pub fn of(t: &'a Text) -> TextRef<'a> {
+        match &t.0 {
+            Value::String(s) => TextRef::Str(s),
+            other => TextRef::Json(other),
+        }
+    }
+
+    fn write(self, out: &mut String) {
+        match self {
+            TextRef::Str(s) => canonical::write_str(out, s),
+            TextRef::Json(v) => {
+                canonical::write_value(out, v).unwrap_or_else(|_| out.push_str("null"))
+            }
+        }
+    }
+}
+
+/// The 19 hashed fields of an entry, borrowed from wherever they are (an
+/// [`Entry`], or an entry being verified straight from a bundle's bytes).
+#[derive(Debug, Clone, Copy)]
+pub struct HashedRef<'a> {
+    /// `actor`.
+    pub actor: TextRef<'a>,
+    /// `decision`.
+    pub decision: &'a str,
+    /// `error`.
+    pub error: Option<&'a str>,
+    /// `evidence_hash`.
+    pub evidence_hash: Option<&'a str>,
+    /// `intent`.
+    pub intent: TextRef<'a>,
+    /// `params_hash`.
+    pub params_hash: Option<&'a str>,
+    /// `permit_denial_reasons` (empty hashes as null).
+    pub permit_denial_reasons: Option<&'a [&'a str]>,
+    /// `permit_digest`.
+    pub permit_digest: Option<&'a str>,
+    /// `permit_issuer`.
+    pub permit_issuer: Option<&'a str>,
+    /// `permit_max_executions`.
+    pub permit_max_executions: Option<u64>,
+    /// `permit_nonce`.
+    pub permit_nonce: Option<&'a str>,
+    /// `permit_subject`.
+    pub permit_subject: Option<&'a str>,
+    /// `permit_verification`.
+    pub permit_verification: Option<&'a str>,
+    /// `proposal_hash`.
+    pub proposal_hash: Option<&'a str>,
+    /// `request_id`.
+    pub request_id: TextRef<'a>,
+    /// `state_from`.
+    pub state_from: &'a str,
+    /// `state_to`.
+    pub state_to: &'a str,
+    /// `tool_name`.
+    pub tool_name: Option<&'a str>,
+    /// `ts_ms`.
+    pub ts_ms: u64,
+}
+
+impl HashedRef<'_> {
+    /// Appends the canonical JSON of the 19 fields (keys in code-point order,
+    /// as Python's `sort_keys=True` writes them).
+    pub fn write(&self, out: &mut String) {
         out.push_str("{\"actor\":");
         self.actor.write(out);
         out.push_str(",\"decision\":");
-        canonical::write_str(out, &self.decision);
+        canonical::write_str(out, self.decision);
         out.push_str(",\"error\":");
-        opt_str(out, &self.error);
+        opt_str(out, self.error);
         out.push_str(",\"evidence_hash\":");
-        opt_str(out, &self.evidence_hash);
+        opt_str(out, self.evidence_hash);
         out.push_str(",\"intent\":");
         self.intent.write(out);
         out.push_str(",\"params_hash\":");
-        opt_str(out, &self.params_hash);
+        opt_str(out, self.params_hash);
         out.push_str(",\"permit_denial_reasons\":");
-        match &self.permit_denial_reasons {
+        match self.permit_denial_reasons {
             Some(reasons) if !reasons.is_empty() => {
                 out.push('[');
                 for (i, r) in reasons.iter().enumerate() {
@@ -254,46 +365,42 @@ impl Entry {
             _ => out.push_str("null"),
         }
         out.push_str(",\"permit_digest\":");
-        opt_str(out, &self.permit_digest);
+        opt_str(out, self.permit_digest);
         out.push_str(",\"permit_issuer\":");
-        opt_str(out, &self.permit_issuer);
+        opt_str(out, self.permit_issuer);
         out.push_str(",\"permit_max_executions\":");
         match self.permit_max_executions {
-            Some(n) => out.push_str(&n.to_string()),
+            Some(n) => {
+                let _ = write!(out, "{n}");
+            }
             None => out.push_str("null"),
         }
         out.push_str(",\"permit_nonce\":");
-        opt_str(out, &self.permit_nonce);
+        opt_str(out, self.permit_nonce);
         out.push_str(",\"permit_subject\":");
-        opt_str(out, &self.permit_subject);
+        opt_str(out, self.permit_subject);
         out.push_str(",\"permit_verification\":");
-        opt_str(out, &self.permit_verification);
+        opt_str(out, self.permit_verification);
         out.push_str(",\"proposal_hash\":");
-        opt_str(out, &self.proposal_hash);
+        opt_str(out, self.proposal_hash);
         out.push_str(",\"request_id\":");
         self.request_id.write(out);
         out.push_str(",\"state_from\":");
-        canonical::write_str(out, &self.state_from);
+        canonical::write_str(out, self.state_from);
         out.push_str(",\"state_to\":");
-        canonical::write_str(out, &self.state_to);
+        canonical::write_str(out, self.state_to);
         out.push_str(",\"tool_name\":");
-        opt_str(out, &self.tool_name);
-        out.push_str(",\"ts_ms\":");
-        out.push_str(&self.ts_ms.to_string());
-        out.push('}');
+        opt_str(out, self.tool_name);
+        let _ = write!(out, ",\"ts_ms\":{}}}", self.ts_ms);
     }
 
-    /// Checks a stored payload against `params_hash`; `None` when there is no payload.
-    pub fn payload_matches(&self) -> Option<Result<bool, CanonicalError>> {
-        let payload = self.payload.as_ref()?;
-        Some(canonical::sha256_of(payload).map(|h| self.params_hash.as_deref() == Some(&h)))
-    }
-}
-
-fn opt_str(out: &mut String, value: &Option<String>) {
-    match value {
-        Some(s) => canonical::write_str(out, s),
-        None => out.push_str("null"),
+    /// `sha256_hex(prev_hash + ":" + canonical(fields))`.
+    pub fn chain_hash(&self, prev_hash: &str) -> String {
+        let mut text = String::with_capacity(768);
+        text.push_str(prev_hash);
+        text.push(':');
+        self.write(&mut text);
+        hex::encode(Sha256::digest(text.as_bytes()))
     }
 }
 

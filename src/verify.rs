@@ -17,7 +17,10 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::borrow::Cow;
+
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::bundle::{self, BundleError, BundleHeader};
 use crate::chain::{ChainVerifier, CheckedEntry, Link, VerifyReport};
@@ -102,8 +105,146 @@ pub fn verify_bundle<R: BufRead>(
     })
 }
 
+/// An entry borrowed from the bundle's bytes: strings without escapes are
+/// not copied (most of them), which is most of the cost of verification.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntryView<'a> {
+    ledger_seq: u64,
+    #[serde(borrow)]
+    prev_hash: Cow<'a, str>,
+    #[serde(borrow)]
+    entry_hash: Cow<'a, str>,
+    ts_ms: u64,
+    #[serde(borrow)]
+    request_id: &'a RawValue,
+    #[serde(borrow)]
+    actor: &'a RawValue,
+    #[serde(borrow)]
+    intent: &'a RawValue,
+    #[serde(borrow)]
+    decision: Cow<'a, str>,
+    #[serde(borrow)]
+    state_from: Cow<'a, str>,
+    #[serde(borrow)]
+    state_to: Cow<'a, str>,
+    #[serde(default, borrow)]
+    tool_name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    params_hash: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    evidence_hash: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    error: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    permit_digest: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    permit_verification: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    permit_denial_reasons: Option<Vec<Cow<'a, str>>>,
+    #[serde(default, borrow)]
+    proposal_hash: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    permit_nonce: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    permit_issuer: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    permit_subject: Option<Cow<'a, str>>,
+    #[serde(default)]
+    permit_max_executions: Option<u64>,
+    #[serde(default, borrow)]
+    payload: Option<&'a RawValue>,
+}
+
+/// A text field as written in the bundle: a string (borrowed when it has
+/// no escapes), or any other JSON value.
+enum RawText<'a> {
+    Str(Cow<'a, str>),
+    Json(Value),
+}
+
+impl<'a> RawText<'a> {
+    fn parse(raw: &'a RawValue) -> Result<RawText<'a>, serde_json::Error> {
+        if raw.get().starts_with('"') {
+            Ok(RawText::Str(serde_json::from_str::<Cow<'a, str>>(
+                raw.get(),
+            )?))
+        } else {
+            Ok(RawText::Json(serde_json::from_str(raw.get())?))
+        }
+    }
+
+    fn as_ref(&self) -> entry::TextRef<'_> {
+        match self {
+            RawText::Str(s) => entry::TextRef::Str(s),
+            RawText::Json(v) => entry::TextRef::Json(v),
+        }
+    }
+}
+
+fn opt<'b>(v: &'b Option<Cow<'_, str>>) -> Option<&'b str> {
+    v.as_deref()
+}
+
+/// Verifies one entry from its bytes without copying what need not be.
+fn view_link(raw: &[u8]) -> Option<Link> {
+    let view: EntryView<'_> = serde_json::from_slice(raw).ok()?;
+    let (request_id, actor, intent) = (
+        RawText::parse(view.request_id).ok()?,
+        RawText::parse(view.actor).ok()?,
+        RawText::parse(view.intent).ok()?,
+    );
+    let reasons: Option<Vec<&str>> = view
+        .permit_denial_reasons
+        .as_ref()
+        .map(|r| r.iter().map(|s| s.as_ref()).collect());
+    let computed = entry::HashedRef {
+        actor: actor.as_ref(),
+        decision: &view.decision,
+        error: opt(&view.error),
+        evidence_hash: opt(&view.evidence_hash),
+        intent: intent.as_ref(),
+        params_hash: opt(&view.params_hash),
+        permit_denial_reasons: reasons.as_deref(),
+        permit_digest: opt(&view.permit_digest),
+        permit_issuer: opt(&view.permit_issuer),
+        permit_max_executions: view.permit_max_executions,
+        permit_nonce: opt(&view.permit_nonce),
+        permit_subject: opt(&view.permit_subject),
+        permit_verification: opt(&view.permit_verification),
+        proposal_hash: opt(&view.proposal_hash),
+        request_id: request_id.as_ref(),
+        state_from: &view.state_from,
+        state_to: &view.state_to,
+        tool_name: opt(&view.tool_name),
+        ts_ms: view.ts_ms,
+    }
+    .chain_hash(&view.prev_hash);
+    let mut problems = Vec::new();
+    if let Some(payload) = view.payload {
+        let matches = serde_json::from_str::<Value>(payload.get())
+            .map_err(|e| e.to_string())
+            .and_then(|v| crate::canonical::sha256_of(&v).map_err(|e| e.to_string()));
+        match matches {
+            Ok(h) if view.params_hash.as_deref() == Some(h.as_str()) => {}
+            Ok(_) => problems.push("payload does not match params_hash".to_owned()),
+            Err(e) => problems.push(format!("payload cannot be hashed: {e}")),
+        }
+    }
+    Some(Link {
+        seq: Some(view.ledger_seq),
+        prev_hash: Some(view.prev_hash.into_owned()),
+        entry_hash: Some(view.entry_hash.into_owned()),
+        computed_hash: Some(computed),
+        problems,
+    })
+}
+
 /// Parses one raw entry and recomputes its hashes.
 fn link_of(raw: &[u8]) -> Link {
+    if let Some(link) = view_link(raw) {
+        return link;
+    }
     if let Ok(entry) = serde_json::from_slice::<Entry>(raw) {
         return CheckedEntry::check(entry).into_link();
     }
