@@ -14,7 +14,7 @@
 
 use std::fmt::Write as _;
 
-use serde_json::{Number, Value};
+use serde_json::{Map, Number, Value};
 use sha2::{Digest, Sha256};
 
 /// Why a value has no canonical form.
@@ -82,23 +82,37 @@ fn write_value_styled(out: &mut String, value: &Value, ascii: bool) -> Result<()
             }
             out.push(']');
         }
-        Value::Object(map) => {
-            // Rust's `str` order is UTF-8 byte order, which equals code-point order:
-            // exactly Python's `sort_keys`.
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort_unstable();
-            out.push('{');
-            for (i, key) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_str_styled(out, key, ascii);
-                out.push(':');
-                write_value_styled(out, &map[key], ascii)?;
-            }
-            out.push('}');
-        }
+        Value::Object(map) => write_object_styled(out, map, ascii)?,
     }
+    Ok(())
+}
+
+/// Canonical JSON text of a JSON object (without wrapping it in a [`Value`]).
+pub fn object_to_string(map: &Map<String, Value>) -> Result<String, CanonicalError> {
+    let mut out = String::with_capacity(128);
+    write_object_styled(&mut out, map, true)?;
+    Ok(out)
+}
+
+fn write_object_styled(
+    out: &mut String,
+    map: &Map<String, Value>,
+    ascii: bool,
+) -> Result<(), CanonicalError> {
+    // Rust's `str` order is UTF-8 byte order, which equals code-point order:
+    // exactly Python's `sort_keys`.
+    let mut keys: Vec<&String> = map.keys().collect();
+    keys.sort_unstable();
+    out.push('{');
+    for (i, key) in keys.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_str_styled(out, key, ascii);
+        out.push(':');
+        write_value_styled(out, &map[key], ascii)?;
+    }
+    out.push('}');
     Ok(())
 }
 

@@ -23,8 +23,8 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::bundle::{self, BundleError, BundleHeader};
-use crate::chain::{ChainVerifier, CheckedEntry, Link, VerifyReport};
-use crate::entry::{self, Entry};
+use crate::chain::{ChainVerifier, Link, VerifyReport};
+use crate::entry;
 
 const CHUNK: usize = 512;
 
@@ -242,13 +242,7 @@ fn view_link(raw: &[u8]) -> Option<Link> {
 
 /// Parses one raw entry and recomputes its hashes.
 fn link_of(raw: &[u8]) -> Link {
-    if let Some(link) = view_link(raw) {
-        return link;
-    }
-    if let Ok(entry) = serde_json::from_slice::<Entry>(raw) {
-        return CheckedEntry::check(entry).into_link();
-    }
-    loose_link(raw)
+    view_link(raw).unwrap_or_else(|| loose_link(raw))
 }
 
 /// The path for entries that are valid JSON but not our typed entry.
@@ -328,7 +322,7 @@ impl<R: Read> Read for CountingReader<R> {
 mod tests {
     use super::*;
     use crate::bundle::ExportHeader;
-    use crate::entry::GENESIS_HASH;
+    use crate::entry::{Entry, GENESIS_HASH};
 
     fn verify_bytes(bytes: &[u8]) -> VerifyReport {
         verify_bundle(bytes, &AtomicU64::new(0)).unwrap()

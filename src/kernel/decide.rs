@@ -77,8 +77,6 @@ pub struct Decided {
     pub status: Status,
     /// What the tool returned (ALLOW with a tool call).
     pub tool_result: Option<Value>,
-    /// Internal state path, for tests and tracing.
-    pub path: Vec<State>,
 }
 
 impl Decided {
@@ -255,7 +253,6 @@ impl KernelState {
             body,
             status: Status::Accepted,
             tool_result,
-            path: walk.path().to_vec(),
         })
     }
 }
@@ -303,7 +300,6 @@ fn deny(
         },
         status,
         tool_result: None,
-        path: walk.path().to_vec(),
     }
 }
 

@@ -112,7 +112,8 @@ impl RawRequest {
     /// Canonical hash of the submitted object: two submissions with the same
     /// id are "the same request" when these match.
     pub fn content_hash(&self) -> String {
-        crate::canonical::sha256_of(&Value::Object(self.object.clone()))
+        crate::canonical::object_to_string(&self.object)
+            .map(|text| crate::canonical::sha256_hex(text.as_bytes()))
             .unwrap_or_else(|_| crate::canonical::sha256_hex(b"unhashable"))
     }
 
@@ -256,7 +257,7 @@ fn has_non_finite(v: &Value) -> bool {
 impl Request {
     /// Length in bytes of the canonical (ASCII-escaped) JSON of `params`.
     pub fn params_canonical_len(&self, params: &Map<String, Value>) -> usize {
-        crate::canonical::to_string(&Value::Object(params.clone()))
+        crate::canonical::object_to_string(params)
             .map(|s| s.len())
             .unwrap_or(usize::MAX)
     }
@@ -264,7 +265,8 @@ impl Request {
     /// `params_hash`: the hash of `params` when it is a non-empty object.
     pub fn params_hash(&self) -> Option<String> {
         self.params.as_ref().filter(|p| !p.is_empty()).map(|p| {
-            crate::canonical::sha256_of(&Value::Object(p.clone())).expect("validated finite")
+            let text = crate::canonical::object_to_string(p).expect("validated finite");
+            crate::canonical::sha256_hex(text.as_bytes())
         })
     }
 

@@ -29,9 +29,7 @@ use crate::chain::{ChainError, VerifyReport};
 use crate::entry::{Entry, EntryBody, GENESIS_HASH};
 use crate::kernel::permit::Keyring;
 use crate::kernel::state::{Counters, HaltMark, RotationMark};
-use crate::kernel::{
-    DecideContext, EventError, KernelState, Policy, RawRequest, Receipt, Refusal, Variant,
-};
+use crate::kernel::{DecideContext, EventError, KernelState, Policy, RawRequest, Receipt, Refusal};
 use crate::metrics::{DecisionLabels, Metrics};
 use crate::store::datadir::DataDir;
 use crate::store::record::{self, RequestRecord};
@@ -193,13 +191,7 @@ impl Durable {
     pub async fn wait(self) -> Result<(), LedgerError> {
         match self.0 {
             None => Ok(()),
-            Some(rx) => match rx.await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(LedgerError::Unavailable(e)),
-                Err(_) => Err(LedgerError::Unavailable(
-                    "the ledger was closed before the commit".into(),
-                )),
-            },
+            Some(rx) => commit_outcome(rx.await),
         }
     }
 
@@ -207,14 +199,21 @@ impl Durable {
     pub fn wait_blocking(self) -> Result<(), LedgerError> {
         match self.0 {
             None => Ok(()),
-            Some(rx) => match rx.blocking_recv() {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(LedgerError::Unavailable(e)),
-                Err(_) => Err(LedgerError::Unavailable(
-                    "the ledger was closed before the commit".into(),
-                )),
-            },
+            Some(rx) => commit_outcome(rx.blocking_recv()),
         }
+    }
+}
+
+/// What a waiter learns from the flusher.
+fn commit_outcome(
+    received: Result<Result<(), String>, oneshot::error::RecvError>,
+) -> Result<(), LedgerError> {
+    match received {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(LedgerError::Unavailable(e)),
+        Err(_) => Err(LedgerError::Unavailable(
+            "the ledger was closed before the commit".into(),
+        )),
     }
 }
 
@@ -447,16 +446,6 @@ impl Ledger {
         Ok(entry)
     }
 
-    /// Blocking version of [`Ledger::event`].
-    pub fn event_blocking(
-        &self,
-        build: impl FnOnce(&KernelState, u64) -> Result<EntryBody, EventError>,
-    ) -> Result<Entry, LedgerError> {
-        let (entry, durable) = self.event_begin(build)?;
-        durable.wait_blocking()?;
-        Ok(entry)
-    }
-
     /// Halts the kernel. Returns the HALT entry and the root hash of the
     /// ledger just before it (the evidence the operator halted on).
     pub async fn halt(&self, actor: &str, reason: &str) -> Result<(Entry, String), LedgerError> {
@@ -575,11 +564,6 @@ impl Ledger {
     pub fn verify_stored(&self) -> VerifyReport {
         let len = self.durable_len();
         open::verify_store(self.inner.store.as_ref(), 0, len, GENESIS_HASH)
-    }
-
-    /// The kernel's variant.
-    pub fn variant(&self) -> Option<Variant> {
-        self.lock_core().state.variant
     }
 
     /// Finishes: a last checkpoint and commit, then the flusher stops.

@@ -99,10 +99,6 @@ impl LedgerOptions {
     }
 }
 
-fn open_checkpoint(state: &KernelState) -> Vec<u8> {
-    encode_checkpoint(state)
-}
-
 pub(crate) fn encode_checkpoint(state: &KernelState) -> Vec<u8> {
     serde_json::to_vec(&Checkpoint {
         version: super::CHECKPOINT_VERSION,
@@ -360,7 +356,7 @@ impl Ledger {
             after
                 .apply(&entry)
                 .expect("a sealed entry continues the chain");
-            open_checkpoint(&after)
+            encode_checkpoint(&after)
         };
         self.inner
             .store

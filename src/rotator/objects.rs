@@ -283,46 +283,34 @@ impl Objects {
                     .upload_id()
                     .ok_or_else(|| ObjectError::Store("no upload id".into()))?
                     .to_owned();
-                let result = self.upload_parts(key, path, &upload_id).await;
-                match result {
-                    Ok(parts) => {
-                        let done = client
-                            .complete_multipart_upload()
-                            .bucket(bucket)
-                            .key(key)
-                            .upload_id(&upload_id)
-                            .multipart_upload(
-                                CompletedMultipartUpload::builder()
-                                    .set_parts(Some(parts))
-                                    .build(),
-                            )
-                            .send()
-                            .await;
-                        match done {
-                            Ok(_) => Ok(Written::Created),
-                            Err(e) => {
-                                let _ = client
-                                    .abort_multipart_upload()
-                                    .bucket(bucket)
-                                    .key(key)
-                                    .upload_id(&upload_id)
-                                    .send()
-                                    .await;
-                                Err(ObjectError::Store(describe(&e)))
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        let _ = client
-                            .abort_multipart_upload()
-                            .bucket(bucket)
-                            .key(key)
-                            .upload_id(&upload_id)
-                            .send()
-                            .await;
-                        Err(e)
-                    }
+                let uploaded = match self.upload_parts(key, path, &upload_id).await {
+                    Ok(parts) => client
+                        .complete_multipart_upload()
+                        .bucket(bucket)
+                        .key(key)
+                        .upload_id(&upload_id)
+                        .multipart_upload(
+                            CompletedMultipartUpload::builder()
+                                .set_parts(Some(parts))
+                                .build(),
+                        )
+                        .send()
+                        .await
+                        .map(|_| Written::Created)
+                        .map_err(|e| ObjectError::Store(describe(&e))),
+                    Err(e) => Err(e),
+                };
+                if uploaded.is_err() {
+                    // Leave no half-uploaded object behind.
+                    let _ = client
+                        .abort_multipart_upload()
+                        .bucket(bucket)
+                        .key(key)
+                        .upload_id(&upload_id)
+                        .send()
+                        .await;
                 }
+                uploaded
             }
             Objects::Dir(_) => {
                 let body = tokio::fs::read(path).await?;

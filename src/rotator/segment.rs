@@ -160,8 +160,3 @@ pub async fn scan_object<S: EntrySink>(
     .await
     .map_err(|e| ScanError::Handler(format!("segment scan failed: {e}")))?
 }
-
-/// A `BufRead` over an in-memory segment (tests).
-pub fn scan_bytes(bytes: &[u8]) -> Result<SegmentScan, ScanError> {
-    scan(bytes, |_| Ok(()))
-}

@@ -337,30 +337,12 @@ pub async fn put_policy(
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     principal.require(OPERATORS)?;
-    let obj = body.as_object().ok_or_else(|| {
-        ApiError::bad_request(
-            "invalid_request",
-            "expected {\"policy\": {...}, \"reason\": \"...\"}",
-        )
-    })?;
-    if let Some(k) = obj.keys().find(|k| *k != "policy" && *k != "reason") {
-        return Err(ApiError::bad_request(
-            "invalid_request",
-            format!("unknown field '{k}' (expected policy, reason)"),
-        ));
-    }
-    let policy = Policy::from_json(obj.get("policy").unwrap_or(&Value::Null))
+    let reason = reason_of(&body, &["policy", "reason"])?;
+    let policy = Policy::from_json(body.get("policy").unwrap_or(&Value::Null))
         .map_err(|e| ApiError::bad_request("invalid_policy", e.to_string()))?;
-    let reason = obj
-        .get("reason")
-        .and_then(Value::as_str)
-        .filter(|r| !r.trim().is_empty())
-        .ok_or_else(|| {
-            ApiError::bad_request("invalid_request", "a non-empty reason is required")
-        })?;
     let entry = state
         .ledger()
-        .update_policy(&principal.name, &policy, reason)
+        .update_policy(&principal.name, &policy, &reason)
         .await?;
     let s = state.ledger().state();
     Ok(Json(json!({
