@@ -1,6 +1,6 @@
 //! Opening and serving a large ledger: time to ready and peak memory.
 //!
-//! `cargo bench --bench ledger_scale [-- --entries 1000000 --dir DIR --runs 2 --requests 20000]`
+//! `cargo bench --bench ledger_scale [-- --entries 1000000 --dir DIR --runs 2 --requests 20000 --serve-only]`
 //!
 //! 1. Builds a ledger of `--entries` entries in `--dir` (default: a temp dir,
 //!    removed at the end; an existing dir is reused and extended) through the
@@ -427,6 +427,8 @@ fn real_serve(dir: &Path, work: &Path, requests: u64) {
 }
 
 fn main() {
+    // As the `kernels` binary does.
+    kernels::allocator::tune();
     if let Some(dir) = arg_str("--child-open") {
         let verify = match arg_str("--verify").as_deref() {
             Some("checkpoint") => VerifyOnOpen::FromCheckpoint,
@@ -490,7 +492,9 @@ fn main() {
     );
 
     let dir_s = dir.to_str().unwrap();
-    for run in 1..=runs {
+    // `--serve-only`: skip the in-process open measurements.
+    let open_runs = if flag("--serve-only") { 0 } else { runs };
+    for run in 1..=open_runs {
         for mode in ["full", "checkpoint"] {
             let snap = cpu_snap();
             let (v, wall) = spawn_child(&["--child-open", dir_s, "--verify", mode]);
@@ -508,7 +512,7 @@ fn main() {
             );
         }
     }
-    for run in 1..=runs {
+    for run in 1..=open_runs {
         let (v, _) = spawn_child(&["--child-breakdown", dir_s]);
         let mut line = format!("open pieces run {run}:");
         for key in [
@@ -531,7 +535,12 @@ fn main() {
         }
         println!("{line}");
     }
-    for (label, env) in [("default malloc", None), ("MALLOC_ARENA_MAX=1", Some("1"))] {
+    let scans: &[(&str, Option<&str>)] = if open_runs == 0 {
+        &[]
+    } else {
+        &[("default malloc", None), ("MALLOC_ARENA_MAX=1", Some("1"))]
+    };
+    for &(label, env) in scans {
         let mut cmd = Command::new(std::env::current_exe().unwrap());
         cmd.args(["--child-sled-scan", dir_s]);
         if let Some(v) = env {

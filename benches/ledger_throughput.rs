@@ -84,6 +84,8 @@ fn run(submitters: u64, decisions: u64) {
 }
 
 fn main() {
+    // As the `kernels` binary does.
+    kernels::allocator::tune();
     let submitters = arg("--submitters", 64);
     let decisions = arg("--decisions", 200_000);
     run(submitters, decisions);

@@ -301,6 +301,8 @@ fn run(src: &Path, kernel_id: &str, verify: VerifyOnOpen, run: u64) {
 }
 
 fn main() {
+    // As the `kernels` binary does.
+    kernels::allocator::tune();
     if let Some(root) = arg_str("--child-s3") {
         child_s3(Path::new(&root));
         return;

@@ -403,6 +403,8 @@ fn round(run: u64, tasks: u64, load_ms: u64) -> bool {
 }
 
 fn main() {
+    // As the `kernels` binary does.
+    kernels::allocator::tune();
     let tasks = arg_u64("--tasks", 64);
     let load_ms = arg_u64("--load-ms", 3000);
     let rounds = arg_u64("--rounds", 3);

@@ -141,7 +141,7 @@ pub struct RawLimits {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawStorage {
-    /// sled page cache in MiB (default 16).
+    /// sled page cache in MiB (default 1: sled holds several times this).
     pub cache_mb: Option<u64>,
     /// Entries between state checkpoints (default 10000).
     pub checkpoint_every: Option<u64>,
@@ -633,7 +633,7 @@ impl Config {
             external_tools: raw.external_tools.into_iter().collect(),
             max_body_bytes,
             request_timeout,
-            cache_bytes: storage.cache_mb.unwrap_or(16) * 1024 * 1024,
+            cache_bytes: storage.cache_mb.unwrap_or(1) * 1024 * 1024,
             checkpoint_every: storage.checkpoint_every.unwrap_or(10_000).max(1),
             verify_full_on_start,
         })

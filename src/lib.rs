@@ -16,7 +16,9 @@
 //!   state machine, decisions, operational events and the folded state
 //! * [`verify`] — parallel, streamed verification of bundle files
 //! * [`cli`] — the `kernels` command line
+//! * [`allocator`] — allocator tuning for a bounded footprint (the only `unsafe`)
 
+pub mod allocator;
 pub mod bundle;
 pub mod canonical;
 pub mod chain;
