@@ -110,53 +110,53 @@ enum Kind {
     OptJson,
 }
 
-/// The 19 hashed fields in canonical (sorted) order, then the others: the
-/// key's text, the canonical prefix written before its value, its kind, and
+/// A field of an entry: its name as a quoted JSON key, the canonical text
+/// written before its value in the hash preimage, what it may hold, and
 /// whether the general path requires it.
-const FIELDS: [(&str, &str, Kind, bool); 23] = [
-    ("actor", "{\"actor\":", Kind::Str, true),
-    ("decision", ",\"decision\":", Kind::Str, true),
-    ("error", ",\"error\":", Kind::OptStr, false),
-    ("evidence_hash", ",\"evidence_hash\":", Kind::OptStr, false),
-    ("intent", ",\"intent\":", Kind::Str, true),
-    ("params_hash", ",\"params_hash\":", Kind::OptStr, false),
-    (
-        "permit_denial_reasons",
-        ",\"permit_denial_reasons\":",
-        Kind::OptList,
-        false,
-    ),
-    ("permit_digest", ",\"permit_digest\":", Kind::OptStr, false),
-    ("permit_issuer", ",\"permit_issuer\":", Kind::OptStr, false),
-    (
-        "permit_max_executions",
-        ",\"permit_max_executions\":",
-        Kind::OptUint,
-        false,
-    ),
-    ("permit_nonce", ",\"permit_nonce\":", Kind::OptStr, false),
-    (
-        "permit_subject",
-        ",\"permit_subject\":",
-        Kind::OptStr,
-        false,
-    ),
-    (
-        "permit_verification",
-        ",\"permit_verification\":",
-        Kind::OptStr,
-        false,
-    ),
-    ("proposal_hash", ",\"proposal_hash\":", Kind::OptStr, false),
-    ("request_id", ",\"request_id\":", Kind::Str, true),
-    ("state_from", ",\"state_from\":", Kind::Str, true),
-    ("state_to", ",\"state_to\":", Kind::Str, true),
-    ("tool_name", ",\"tool_name\":", Kind::OptStr, false),
-    ("ts_ms", ",\"ts_ms\":", Kind::Uint, true),
-    ("ledger_seq", "", Kind::Uint, true),
-    ("prev_hash", "", Kind::Str, true),
-    ("entry_hash", "", Kind::Str, true),
-    ("payload", "", Kind::OptJson, false),
+struct Field {
+    quoted: &'static str,
+    prefix: &'static str,
+    kind: Kind,
+    required: bool,
+}
+
+macro_rules! field {
+    ($name:literal, $separator:literal, $kind:ident, $required:literal) => {
+        Field {
+            quoted: concat!("\"", $name, "\""),
+            prefix: concat!($separator, "\"", $name, "\":"),
+            kind: Kind::$kind,
+            required: $required,
+        }
+    };
+}
+
+/// The 19 hashed fields in canonical (sorted) order, then the others.
+const FIELDS: [Field; 23] = [
+    field!("actor", "{", Str, true),
+    field!("decision", ",", Str, true),
+    field!("error", ",", OptStr, false),
+    field!("evidence_hash", ",", OptStr, false),
+    field!("intent", ",", Str, true),
+    field!("params_hash", ",", OptStr, false),
+    field!("permit_denial_reasons", ",", OptList, false),
+    field!("permit_digest", ",", OptStr, false),
+    field!("permit_issuer", ",", OptStr, false),
+    field!("permit_max_executions", ",", OptUint, false),
+    field!("permit_nonce", ",", OptStr, false),
+    field!("permit_subject", ",", OptStr, false),
+    field!("permit_verification", ",", OptStr, false),
+    field!("proposal_hash", ",", OptStr, false),
+    field!("request_id", ",", Str, true),
+    field!("state_from", ",", Str, true),
+    field!("state_to", ",", Str, true),
+    field!("tool_name", ",", OptStr, false),
+    field!("ts_ms", ",", Uint, true),
+    // Not hashed (their prefix is unused).
+    field!("ledger_seq", "", Uint, true),
+    field!("prev_hash", "", Str, true),
+    field!("entry_hash", "", Str, true),
+    field!("payload", "", OptJson, false),
 ];
 
 const HASHED: usize = 19;
@@ -173,16 +173,24 @@ const WRITTEN_ORDER: [usize; 23] = [
     11, 9, PAYLOAD,
 ];
 
-/// The [`FIELDS`] index of `key`, trying the one at `order` in
-/// [`WRITTEN_ORDER`] first; `order` moves past the key found.
-fn field_index(key: &[u8], order: &mut usize) -> Option<usize> {
-    if let Some(&guess) = WRITTEN_ORDER.get(*order)
-        && same(FIELDS[guess].0.as_bytes(), key)
-    {
-        *order += 1;
-        return Some(guess);
+/// The [`FIELDS`] index of the key at the reader's position, trying first
+/// the one at `order` in [`WRITTEN_ORDER`] (a byte comparison, quotes
+/// included, with no scan of the string); `order` moves past the key found.
+fn next_key(r: &mut Reader<'_, '_>, order: &mut usize) -> Option<usize> {
+    if let Some(&guess) = WRITTEN_ORDER.get(*order) {
+        let quoted = FIELDS[guess].quoted.as_bytes();
+        if let Some(bytes) = r.b.get(r.i..r.i + quoted.len())
+            && same(bytes, quoted)
+        {
+            r.i += quoted.len();
+            *order += 1;
+            return Some(guess);
+        }
     }
-    let index = FIELDS.iter().position(|f| f.0.as_bytes() == key)?;
+    let Str::Plain(quoted) = r.string()? else {
+        return None;
+    };
+    let index = FIELDS.iter().position(|f| f.quoted.as_bytes() == quoted)?;
     *order = WRITTEN_ORDER.iter().position(|&i| i == index)? + 1;
     Some(index)
 }
@@ -228,7 +236,7 @@ pub(super) fn link(raw: &[u8], scratch: &mut Scratch) -> Option<HashedLink> {
     preimage.extend_from_slice(prev_hash.text(decoded));
     preimage.push(b':');
     for (slot, field) in slots[..HASHED].iter().zip(&FIELDS) {
-        preimage.extend_from_slice(field.1.as_bytes());
+        preimage.extend_from_slice(field.prefix.as_bytes());
         match *slot {
             Slot::Absent | Slot::Null => preimage.extend_from_slice(b"null"),
             Slot::Str(Str::Plain(quoted)) => preimage.extend_from_slice(quoted),
@@ -277,17 +285,14 @@ fn read_entry<'a>(
     }
     let mut order = 0;
     loop {
-        let Str::Plain(quoted) = r.string()? else {
-            return None;
-        };
-        let index = field_index(&quoted[1..quoted.len() - 1], &mut order)?;
+        let index = next_key(&mut r, &mut order)?;
         if !matches!(slots[index], Slot::Absent) {
             return None; // repeated key
         }
         r.ws();
         r.eat(b':')?;
         r.ws();
-        slots[index] = r.value(FIELDS[index].2)?;
+        slots[index] = r.value(FIELDS[index].kind)?;
         r.ws();
         match r.next()? {
             b',' => r.ws(),
@@ -302,7 +307,7 @@ fn read_entry<'a>(
     let complete = FIELDS
         .iter()
         .zip(&slots)
-        .all(|(field, slot)| !field.3 || !matches!(slot, Slot::Absent));
+        .all(|(field, slot)| !field.required || !matches!(slot, Slot::Absent));
     complete.then_some(slots)
 }
 
@@ -480,7 +485,8 @@ mod tests {
         let mut seen = WRITTEN_ORDER.to_vec();
         seen.sort_unstable();
         assert_eq!(seen, (0..FIELDS.len()).collect::<Vec<_>>());
-        let names: Vec<&str> = WRITTEN_ORDER.iter().map(|&i| FIELDS[i].0).collect();
+        let name = |f: &Field| f.quoted.trim_matches('"');
+        let names: Vec<&str> = WRITTEN_ORDER.iter().map(|&i| name(&FIELDS[i])).collect();
         let entry = crate::entry::test_chain(1, 0, crate::entry::GENESIS_HASH).remove(0);
         let mut value = serde_json::to_value(&entry).unwrap();
         value["payload"] = serde_json::json!({});
@@ -491,8 +497,32 @@ mod tests {
             .map(String::as_str)
             .collect();
         assert_eq!(names, written);
-        let hashed: Vec<&str> = FIELDS[..HASHED].iter().map(|f| f.0).collect();
+        let hashed: Vec<&str> = FIELDS[..HASHED].iter().map(name).collect();
         assert_eq!(hashed, crate::entry::HASHED_FIELDS);
+        // The prefixes spell out the canonical object of an entry.
+        let mut written: String = FIELDS[..HASHED]
+            .iter()
+            .map(|f| f.prefix)
+            .collect::<Vec<_>>()
+            .join("null");
+        written.push_str("null}");
+        let entry = crate::entry::EntryBody::default().seal(0, crate::entry::GENESIS_HASH);
+        let mut want = entry.hashed_json();
+        for (field, value) in [
+            ("decision", "\"\""),
+            ("state_from", "\"\""),
+            ("state_to", "\"\""),
+            ("actor", "null"),
+            ("intent", "null"),
+            ("request_id", "null"),
+            ("ts_ms", "0"),
+        ] {
+            want = want.replace(
+                &format!("\"{field}\":{value}"),
+                &format!("\"{field}\":null"),
+            );
+        }
+        assert_eq!(written, want);
     }
 
     #[test]
