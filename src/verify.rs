@@ -7,10 +7,10 @@
 //! link checks of [`ChainVerifier`]. Channels are bounded and blocks are
 //! recycled, so memory stays flat whatever the bundle's size.
 //!
-//! Each entry is first read by [`raw`], which hashes well-formed entries
-//! straight from the block's bytes. What it declines goes to the general
-//! path: a borrowed serde view of our entry shape, and for an entry that
-//! does not fit it (a null actor, an extra key, a number where a string
+//! Each entry is first read by the `raw` module, which hashes well-formed
+//! entries straight from the block's bytes. What it declines goes to the
+//! general path: a borrowed serde view of our entry shape, and for an entry
+//! that does not fit it (a null actor, an extra key, a number where a string
 //! belongs) the raw JSON fields, hashed exactly as the Python library would
 //! hash them: the verifier judges the chain, not the style of the entries.
 
