@@ -3,12 +3,15 @@
 //! A bundle is `{"kernel_id", "variant", "exported_at_ms", "root_hash",
 //! "ledger_entries": [entry, …]}`, optionally with `from_seq` and
 //! `anchor_hash` for a range of a longer chain (CONTRACT §2). Bundles can be
-//! many gigabytes, so neither direction ever holds the entry list: the reader
-//! is a small structural scanner that hands out each entry's raw bytes as soon
-//! as its closing brace is read (whatever the key order of the bundle), and the
-//! writer emits one entry per line as it is given them.
+//! many gigabytes, so neither direction ever holds the entry list. The reader
+//! fills fixed-size blocks from its input and frames whole entries inside
+//! them (whatever the key order of the bundle), handing out each block with
+//! the byte ranges of its entries: no entry is copied, and an entry cut by the
+//! end of a block is carried into the next one. The writer emits one entry per
+//! line as it is given them.
 
-use std::io::{self, BufRead, Write};
+use std::io::{self, Read, Write};
+use std::ops::Range;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -17,6 +20,10 @@ use crate::entry::Entry;
 
 /// The largest single JSON value (one entry, or one header field) accepted.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Size of the blocks the reader fills (a block grows only to hold one
+/// larger value).
+pub const BLOCK_BYTES: usize = 256 * 1024;
 
 /// Why a bundle could not be read at all (as opposed to being read and found invalid).
 #[derive(Debug, thiserror::Error)]
@@ -53,16 +60,69 @@ pub struct BundleHeader {
     pub has_entries: bool,
 }
 
+/// A run of consecutive entries, as the raw bytes they were read from.
+#[derive(Debug, Default)]
+pub struct EntryBlock {
+    /// The bytes read; only the ranges in `entries` are meaningful.
+    pub bytes: Vec<u8>,
+    /// Where each entry's JSON value lies in `bytes`, in bundle order.
+    pub entries: Vec<Range<usize>>,
+}
+
+impl EntryBlock {
+    /// The raw JSON of each entry, in order.
+    pub fn raw_entries(&self) -> impl Iterator<Item = &[u8]> {
+        self.entries.iter().map(|r| &self.bytes[r.clone()])
+    }
+}
+
 /// Reads a bundle from `input`, calling `on_entry` with the raw JSON bytes of
 /// each entry in order, and returns the header once the whole input is read.
-pub fn read_bundle<R: BufRead>(
+pub fn read_bundle<R: Read>(
     input: R,
     mut on_entry: impl FnMut(Vec<u8>),
 ) -> Result<BundleHeader, BundleError> {
+    read_bundle_blocks(input, |mut block| {
+        for raw in block.raw_entries() {
+            on_entry(raw.to_vec());
+        }
+        block.entries.clear();
+        block
+    })
+}
+
+/// Reads a bundle from `input`, handing `on_block` each block of whole
+/// entries in order, and returns the header once the whole input is read.
+///
+/// `on_block` returns a block for the reader to fill next: the one it was
+/// given once done with it, a recycled one, or `EntryBlock::default()` for a
+/// new one. Only the blocks in the caller's hands and the one being filled
+/// exist, so memory does not grow with the bundle.
+pub fn read_bundle_blocks<R: Read>(
+    input: R,
+    on_block: impl FnMut(EntryBlock) -> EntryBlock,
+) -> Result<BundleHeader, BundleError> {
+    read_blocks_sized(input, BLOCK_BYTES, on_block)
+}
+
+fn read_blocks_sized<R: Read>(
+    input: R,
+    block_bytes: usize,
+    on_block: impl FnMut(EntryBlock) -> EntryBlock,
+) -> Result<BundleHeader, BundleError> {
     let mut s = Scanner {
         input,
-        offset: 0,
-        buf: Vec::new(),
+        on_block,
+        block_bytes,
+        block: EntryBlock {
+            bytes: vec![0; block_bytes],
+            entries: Vec::new(),
+        },
+        end: 0,
+        pos: 0,
+        base: 0,
+        eof: false,
+        carry: Vec::new(),
     };
     let mut header = BundleHeader::default();
     s.expect(b'{', "a bundle must be a JSON object")?;
@@ -70,7 +130,7 @@ pub fn read_bundle<R: BufRead>(
     loop {
         let b = s.peek_non_ws()?;
         if b == Some(b'}') {
-            s.bump();
+            s.pos += 1;
             break;
         }
         if !first {
@@ -89,21 +149,23 @@ pub fn read_bundle<R: BufRead>(
             let mut first_entry = true;
             loop {
                 if s.peek_non_ws()? == Some(b']') {
-                    s.bump();
+                    s.pos += 1;
                     break;
                 }
                 if !first_entry {
                     s.expect(b',', "expected ',' or ']' between entries")?;
                 }
                 first_entry = false;
-                let mut raw = Vec::with_capacity(1024);
-                s.capture_value(&mut raw)?;
-                on_entry(raw);
+                let entry = s.value()?;
+                s.block.entries.push(entry);
+            }
+            // Hand out the last entries now: the header may follow them.
+            if !s.block.entries.is_empty() {
+                s.ship(s.pos);
             }
         } else {
-            let mut raw = Vec::new();
-            s.capture_value(&mut raw)?;
-            let value: Value = serde_json::from_slice(&raw)
+            let raw = s.value()?;
+            let value: Value = serde_json::from_slice(&s.block.bytes[raw])
                 .map_err(|e| s.syntax(&format!("field {key:?}: {e}")))?;
             let wrong = |what: &str| s.syntax(&format!("field {key:?} must be {what}"));
             match key.as_str() {
@@ -149,47 +211,99 @@ fn opt_string(value: Value) -> Result<Option<String>, ()> {
     }
 }
 
-/// A byte-level JSON scanner: finds value boundaries, leaves parsing to serde_json.
-struct Scanner<R> {
+/// A structural scanner over blocks of the input: finds value boundaries,
+/// leaves parsing to serde_json (or to the verifier's own entry reader).
+struct Scanner<R, F> {
     input: R,
-    offset: u64,
-    buf: Vec<u8>,
+    on_block: F,
+    block_bytes: usize,
+    /// The block being filled; `block.bytes[..end]` holds input.
+    block: EntryBlock,
+    end: usize,
+    /// Next byte to scan, in `block.bytes`.
+    pos: usize,
+    /// Input offset of `block.bytes[0]`.
+    base: u64,
+    eof: bool,
+    /// The start of an entry cut by the end of a block, on its way to the next.
+    carry: Vec<u8>,
 }
 
-impl<R: BufRead> Scanner<R> {
+impl<R: Read, F: FnMut(EntryBlock) -> EntryBlock> Scanner<R, F> {
     fn syntax(&self, message: &str) -> BundleError {
         BundleError::Syntax {
             message: message.to_owned(),
-            offset: self.offset,
+            offset: self.base + self.pos as u64,
         }
     }
 
-    fn bump(&mut self) {
-        self.input.consume(1);
-        self.offset += 1;
+    /// Hands out the block with its finished entries and continues in a new
+    /// one that starts with the bytes from `keep` on.
+    fn ship(&mut self, keep: usize) {
+        self.carry.clear();
+        self.carry
+            .extend_from_slice(&self.block.bytes[keep..self.end]);
+        let full = std::mem::take(&mut self.block);
+        self.block = (self.on_block)(full);
+        self.block.entries.clear();
+        let want = self.block_bytes.max(self.carry.len());
+        if self.block.bytes.len() < want {
+            self.block.bytes.resize(want, 0);
+        }
+        self.block.bytes[..self.carry.len()].copy_from_slice(&self.carry);
+        self.end = self.carry.len();
+        self.base += keep as u64;
+        self.pos -= keep;
+    }
+
+    /// Reads more input, keeping the bytes from `keep` on (they move to the
+    /// front of the block, and `pos` with them). Returns whether anything new
+    /// was read (false at the end of the input).
+    fn fill(&mut self, keep: usize) -> Result<bool, BundleError> {
+        if self.eof {
+            return Ok(false);
+        }
+        if !self.block.entries.is_empty() {
+            self.ship(keep);
+        } else if keep > 0 {
+            self.block.bytes.copy_within(keep..self.end, 0);
+            self.end -= keep;
+            self.base += keep as u64;
+            self.pos -= keep;
+        }
+        if self.end == self.block.bytes.len() {
+            // One value fills the whole block: grow it, within the limit.
+            if self.end > MAX_VALUE_BYTES {
+                return Err(self.syntax("a single value is larger than 64 MiB"));
+            }
+            let grown = (self.end * 2).clamp(16, MAX_VALUE_BYTES + 1);
+            self.block.bytes.resize(grown, 0);
+        }
+        let before = self.end;
+        while self.end < self.block.bytes.len() {
+            match self.input.read(&mut self.block.bytes[self.end..]) {
+                Ok(0) => {
+                    self.eof = true;
+                    break;
+                }
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(self.end > before)
     }
 
     fn peek_non_ws(&mut self) -> Result<Option<u8>, BundleError> {
         loop {
-            let chunk = self.input.fill_buf()?;
-            if chunk.is_empty() {
-                return Ok(None);
-            }
-            let n = chunk
-                .iter()
-                .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
-            match n {
-                Some(i) => {
-                    let b = chunk[i];
-                    self.input.consume(i);
-                    self.offset += i as u64;
+            while let Some(&b) = self.block.bytes[..self.end].get(self.pos) {
+                if !matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
                     return Ok(Some(b));
                 }
-                None => {
-                    let len = chunk.len();
-                    self.input.consume(len);
-                    self.offset += len as u64;
-                }
+                self.pos += 1;
+            }
+            if !self.fill(self.pos)? {
+                return Ok(None);
             }
         }
     }
@@ -197,7 +311,7 @@ impl<R: BufRead> Scanner<R> {
     fn expect(&mut self, byte: u8, message: &str) -> Result<(), BundleError> {
         match self.peek_non_ws()? {
             Some(b) if b == byte => {
-                self.bump();
+                self.pos += 1;
                 Ok(())
             }
             Some(_) => Err(self.syntax(message)),
@@ -209,143 +323,160 @@ impl<R: BufRead> Scanner<R> {
         if self.peek_non_ws()? != Some(b'"') {
             return Err(self.syntax("expected a string key"));
         }
-        let mut raw = std::mem::take(&mut self.buf);
-        raw.clear();
-        self.capture_string(&mut raw)?;
-        let key: Result<String, _> = serde_json::from_slice(&raw);
-        self.buf = raw;
-        key.map_err(|e| self.syntax(&format!("bad key: {e}")))
+        let raw = self.value()?;
+        serde_json::from_slice(&self.block.bytes[raw])
+            .map_err(|e| self.syntax(&format!("bad key: {e}")))
     }
 
-    /// Copies one complete JSON value (of any kind) into `out`.
-    fn capture_value(&mut self, out: &mut Vec<u8>) -> Result<(), BundleError> {
+    /// Finds the next complete JSON value (of any kind), reading as much
+    /// input as it needs; returns where it lies in the current block.
+    fn value(&mut self) -> Result<Range<usize>, BundleError> {
         let Some(first) = self.peek_non_ws()? else {
             return Err(self.syntax("unexpected end of input"));
         };
-        match first {
-            b'"' => self.capture_string(out),
-            b'{' | b'[' => self.capture_container(out),
-            b'}' | b']' | b',' | b':' => Err(self.syntax("expected a value")),
-            _ => self.capture_scalar(out),
+        if matches!(first, b'}' | b']' | b',' | b':') {
+            return Err(self.syntax("expected a value"));
         }
-    }
-
-    fn too_large(&self) -> BundleError {
-        self.syntax("a single value is larger than 64 MiB")
-    }
-
-    /// Copies `n` bytes of the current buffer into `out` and consumes them.
-    fn take(&mut self, n: usize, out: &mut Vec<u8>) -> Result<(), BundleError> {
-        let chunk = self.input.fill_buf()?;
-        if out.len() + n > MAX_VALUE_BYTES {
-            return Err(self.too_large());
-        }
-        out.extend_from_slice(&chunk[..n]);
-        self.input.consume(n);
-        self.offset += n as u64;
-        Ok(())
-    }
-
-    fn capture_string(&mut self, out: &mut Vec<u8>) -> Result<(), BundleError> {
-        // Caller guarantees the next byte is the opening quote.
-        self.take(1, out)?;
-        let mut escaped = false;
         loop {
-            let chunk = self.input.fill_buf()?;
-            if chunk.is_empty() {
-                return Err(self.syntax("unterminated string"));
-            }
-            let mut end = None;
-            for (i, &b) in chunk.iter().enumerate() {
-                if escaped {
-                    escaped = false;
-                } else if b == b'\\' {
-                    escaped = true;
-                } else if b == b'"' {
-                    end = Some(i);
-                    break;
+            let start = self.pos;
+            match value_end(&self.block.bytes[..self.end], start) {
+                Ok(Some(end)) => {
+                    self.pos = end;
+                    return Ok(start..end);
+                }
+                Ok(None) => {
+                    if !self.fill(start)? {
+                        if !matches!(first, b'"' | b'{' | b'[') {
+                            // A number or literal may end with the input.
+                            let range = self.pos..self.end;
+                            self.pos = self.end;
+                            return Ok(range);
+                        }
+                        self.pos = self.end;
+                        return Err(self.syntax(if first == b'"' {
+                            "unterminated string"
+                        } else {
+                            "unexpected end of input inside a value"
+                        }));
+                    }
+                }
+                Err((message, at)) => {
+                    self.pos = at;
+                    return Err(self.syntax(message));
                 }
             }
-            let n = end.map_or(chunk.len(), |i| i + 1);
-            self.take(n, out)?;
-            if end.is_some() {
-                return Ok(());
-            }
         }
     }
+}
 
-    fn capture_container(&mut self, out: &mut Vec<u8>) -> Result<(), BundleError> {
-        let mut stack: Vec<u8> = Vec::new();
-        loop {
-            let chunk = self.input.fill_buf()?;
-            if chunk.is_empty() {
-                return Err(self.syntax("unexpected end of input inside a value"));
-            }
-            let mut i = 0;
-            let mut done = false;
-            let mut at_string = false;
-            let mut bad = None;
-            while i < chunk.len() {
-                let b = chunk[i];
-                match b {
-                    b'{' | b'[' => {
-                        if stack.len() >= 256 {
-                            bad = Some("nesting deeper than 256 levels");
-                            break;
-                        }
-                        stack.push(if b == b'{' { b'}' } else { b']' });
-                    }
-                    b'}' | b']' => {
-                        if stack.pop() != Some(b) {
-                            bad = Some("mismatched bracket");
-                            break;
-                        }
-                        if stack.is_empty() {
-                            i += 1;
-                            done = true;
-                            break;
-                        }
-                    }
-                    b'"' => {
-                        at_string = true;
-                        break;
-                    }
-                    _ => {}
-                }
-                i += 1;
-            }
-            if let Some(message) = bad {
-                return Err(self.syntax(message));
-            }
-            self.take(i, out)?;
-            if done {
-                return Ok(());
-            }
-            if at_string {
-                self.capture_string(out)?;
-            }
-        }
-    }
-
-    fn capture_scalar(&mut self, out: &mut Vec<u8>) -> Result<(), BundleError> {
-        loop {
-            let chunk = self.input.fill_buf()?;
-            if chunk.is_empty() {
-                return Ok(());
-            }
-            let end = chunk.iter().position(|b| {
+/// Where the JSON value starting at `buf[start]` ends (exclusive); `None`
+/// when `buf` ends first. Only brackets and strings are checked: the bytes
+/// in between are left for the parser. An error names its position.
+pub(crate) fn value_end(buf: &[u8], start: usize) -> Result<Option<usize>, (&'static str, usize)> {
+    match buf[start] {
+        b'"' => Ok(string_end(buf, start + 1).map(|quote| quote + 1)),
+        b'{' | b'[' => container_end(buf, start),
+        _ => Ok(buf[start..]
+            .iter()
+            .position(|b| {
                 matches!(
                     b,
                     b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r' | b':' | b'"' | b'{' | b'['
                 )
-            });
-            let n = end.unwrap_or(chunk.len());
-            self.take(n, out)?;
-            if end.is_some() {
-                return Ok(());
+            })
+            .map(|n| start + n)),
+    }
+}
+
+/// Bytes that matter to framing outside strings.
+const STRUCTURAL: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b'"' as usize] = true;
+    t[b'{' as usize] = true;
+    t[b'}' as usize] = true;
+    t[b'[' as usize] = true;
+    t[b']' as usize] = true;
+    t
+};
+
+fn container_end(buf: &[u8], start: usize) -> Result<Option<usize>, (&'static str, usize)> {
+    // The closing bracket expected at each open level.
+    let mut stack = [0u8; 256];
+    let mut depth = 0;
+    let mut i = start;
+    loop {
+        while i < buf.len() && !STRUCTURAL[buf[i] as usize] {
+            i += 1;
+        }
+        let Some(&b) = buf.get(i) else {
+            return Ok(None);
+        };
+        match b {
+            b'"' => match string_end(buf, i + 1) {
+                Some(quote) => i = quote + 1,
+                None => return Ok(None),
+            },
+            b'{' | b'[' => {
+                if depth == stack.len() {
+                    return Err(("nesting deeper than 256 levels", i));
+                }
+                stack[depth] = if b == b'{' { b'}' } else { b']' };
+                depth += 1;
+                i += 1;
+            }
+            _ => {
+                if depth == 0 || stack[depth - 1] != b {
+                    return Err(("mismatched bracket", i));
+                }
+                depth -= 1;
+                i += 1;
+                if depth == 0 {
+                    return Ok(Some(i));
+                }
             }
         }
     }
+}
+
+/// The index of the quote that closes a string whose text starts at
+/// `buf[from]`; `None` when `buf` ends first.
+pub(crate) fn string_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    loop {
+        i = quote_or_backslash(buf, i);
+        match buf.get(i)? {
+            b'"' => return Some(i),
+            _ => i += 2, // an escape: the next byte is never the end
+        }
+    }
+}
+
+/// Each byte of `x` that is zero gets its high bit set in the result; bits
+/// above the lowest such byte may be set spuriously (borrows), never below.
+pub(crate) const fn zero_bytes(x: u64) -> u64 {
+    x.wrapping_sub(0x0101_0101_0101_0101) & !x & 0x8080_8080_8080_8080
+}
+
+/// Every byte of a word set to `b`.
+pub(crate) const fn splat(b: u8) -> u64 {
+    0x0101_0101_0101_0101 * b as u64
+}
+
+/// The first index from `i` holding `"` or `\` (or `buf.len()`), eight
+/// bytes at a time: strings are most of a bundle.
+fn quote_or_backslash(buf: &[u8], mut i: usize) -> usize {
+    while let Some(word) = buf.get(i..i + 8) {
+        let w = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+        let hits = zero_bytes(w ^ splat(b'"')) | zero_bytes(w ^ splat(b'\\'));
+        if hits != 0 {
+            return i + (hits.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while i < buf.len() && buf[i] != b'"' && buf[i] != b'\\' {
+        i += 1;
+    }
+    i
 }
 
 /// Header fields written at the top of an exported bundle.
@@ -432,14 +563,58 @@ mod tests {
 
     #[test]
     fn small_buffers_do_not_change_the_result() {
-        let text =
-            r#"{"kernel_id":"k","ledger_entries":[{"s":"a\\\"b"},{"n":[[],{}]}],"root_hash":null}"#;
-        let mut raws = Vec::new();
-        let reader = io::BufReader::with_capacity(1, text.as_bytes());
-        let header = read_bundle(reader, |raw| raws.push(raw)).unwrap();
-        assert_eq!(header.kernel_id.as_deref(), Some("k"));
-        assert_eq!(raws.len(), 2);
-        assert_eq!(raws[0], br#"{"s":"a\\\"b"}"#);
+        let texts = [
+            r#"{"kernel_id":"k","ledger_entries":[{"s":"a\\\"b"},{"n":[[],{}]}],"root_hash":null}"#,
+            r#" { "entries" : [ 12 , "x\"]" , {"a": "x]}\"y", "b": [1, {"c": 2}]}, null, -1.5e3 ] , "from_seq" : 7 } "#,
+            r#"{"root_hash":"r","ledger_entries":[],"extra":{"deep":[[["]"]]]}}"#,
+        ];
+        for text in texts {
+            let whole = read(text).unwrap();
+            for size in 1..48 {
+                let mut raws = Vec::new();
+                let mut blocks = 0;
+                let header = read_blocks_sized(text.as_bytes(), size, |mut block| {
+                    blocks += 1;
+                    raws.extend(
+                        block
+                            .raw_entries()
+                            .map(|r| String::from_utf8(r.to_vec()).unwrap()),
+                    );
+                    block.entries.clear();
+                    block
+                })
+                .unwrap();
+                assert_eq!((header, raws), whole, "block size {size}: {text}");
+                // Entries were cut by block ends and carried over.
+                if size == 1 && whole.1.len() > 1 {
+                    assert!(blocks > 1, "{text}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn errors_name_the_same_offset_whatever_the_block_size() {
+        let text = r#"{"ledger_entries": [{"a": 1}, {"b": 2]}]}"#;
+        let offset = |size| match read_blocks_sized(text.as_bytes(), size, |b| b) {
+            Err(BundleError::Syntax { offset, .. }) => offset,
+            other => panic!("{other:?}"),
+        };
+        let want = offset(BLOCK_BYTES);
+        assert_eq!(want, text.find("]}]").unwrap() as u64);
+        for size in 1..40 {
+            assert_eq!(offset(size), want, "block size {size}");
+        }
+    }
+
+    #[test]
+    fn a_value_over_the_limit_is_refused() {
+        let mut text = String::from(r#"{"ledger_entries": ["#);
+        text.push('"');
+        text.push_str(&"x".repeat(MAX_VALUE_BYTES + 10));
+        text.push_str("\"]}");
+        let err = read(&text).unwrap_err().to_string();
+        assert!(err.contains("larger than 64 MiB"), "{err}");
     }
 
     #[test]

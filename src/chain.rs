@@ -5,7 +5,10 @@
 //! is reported with its index. Hashing is the expensive part and each entry's
 //! hash depends only on that entry, so callers may compute hashes in parallel
 //! and feed [`ChainVerifier::push_checked`]; the link check itself is cheap and
-//! sequential.
+//! sequential. Hashes are compared as their 32 bytes ([`ChainHash`]), not as
+//! text, so the sequential part allocates nothing per entry.
+
+use std::fmt;
 
 use serde::Serialize;
 
@@ -48,6 +51,102 @@ pub struct Link {
     pub computed_hash: Option<String>,
     /// Other problems found while reading it (payload mismatch, bad types, …).
     pub problems: Vec<String>,
+}
+
+/// A hash as the chain compares it: the 32 bytes of a 64-digit lowercase hex
+/// text (every hash we or the Python library write), or, for any other text
+/// (a damaged or foreign entry), the text itself. The mapping is one-to-one,
+/// so two hashes are equal exactly when their texts are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainHash {
+    /// A well-formed hash.
+    Digest([u8; 32]),
+    /// Text that is not 64 lowercase hex digits.
+    Other(String),
+}
+
+impl ChainHash {
+    /// The hash written as `text`.
+    pub fn from_text(text: &str) -> ChainHash {
+        match decode_hex(text.as_bytes()) {
+            Some(digest) => ChainHash::Digest(digest),
+            None => ChainHash::Other(text.to_owned()),
+        }
+    }
+
+    /// A shortened form for messages.
+    fn short(&self) -> String {
+        match self {
+            ChainHash::Digest(d) => format!("{}…", hex::encode(&d[..8])),
+            ChainHash::Other(text) => short(text),
+        }
+    }
+}
+
+impl fmt::Display for ChainHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChainHash::Digest(d) => f.write_str(&hex::encode(d)),
+            ChainHash::Other(text) => f.write_str(text),
+        }
+    }
+}
+
+/// The 32 bytes of exactly 64 lowercase hex digits (uppercase is another text).
+pub fn decode_hex(text: &[u8]) -> Option<[u8; 32]> {
+    // Digit values; 0x10 marks a byte that is not a lowercase hex digit.
+    const NIBBLE: [u8; 256] = {
+        let mut t = [0x10u8; 256];
+        let mut c = 0;
+        while c < 10 {
+            t[b'0' as usize + c] = c as u8;
+            c += 1;
+        }
+        let mut c = 0;
+        while c < 6 {
+            t[b'a' as usize + c] = 10 + c as u8;
+            c += 1;
+        }
+        t
+    };
+    let text: &[u8; 64] = text.try_into().ok()?;
+    let mut out = [0u8; 32];
+    let mut bad = 0;
+    for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        let (hi, lo) = (NIBBLE[pair[0] as usize], NIBBLE[pair[1] as usize]);
+        bad |= hi | lo;
+        *byte = (hi << 4) | (lo & 0x0f);
+    }
+    (bad & 0x10 == 0).then_some(out)
+}
+
+/// A [`Link`] with its hashes in [`ChainHash`] form: what the verifier works
+/// on, and what a fast producer (the bundle verifier) hands it directly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HashedLink {
+    /// The entry's `ledger_seq`, if it has a readable one.
+    pub seq: Option<u64>,
+    /// The entry's `prev_hash`.
+    pub prev_hash: Option<ChainHash>,
+    /// The entry's stated `entry_hash`.
+    pub entry_hash: Option<ChainHash>,
+    /// The hash recomputed from its fields (None if it cannot be computed).
+    pub computed_hash: Option<ChainHash>,
+    /// Other problems found while reading it (payload mismatch, bad types, …).
+    pub problems: Vec<String>,
+}
+
+impl From<Link> for HashedLink {
+    fn from(link: Link) -> Self {
+        let hash = |text: Option<String>| text.map(|t| ChainHash::from_text(&t));
+        HashedLink {
+            seq: link.seq,
+            prev_hash: hash(link.prev_hash),
+            entry_hash: hash(link.entry_hash),
+            computed_hash: hash(link.computed_hash),
+            problems: link.problems,
+        }
+    }
 }
 
 /// An entry together with its freshly recomputed hash and payload check.
@@ -94,14 +193,14 @@ impl CheckedEntry {
 pub struct ChainVerifier {
     /// Known anchor (prev_hash of the first entry); `None` = taken from the
     /// first entry and checked in [`ChainVerifier::finish_bundle`].
-    anchor: Option<String>,
+    anchor: Option<ChainHash>,
     first_seq: Option<u64>,
-    seen_first_prev: Option<String>,
+    seen_first_prev: Option<ChainHash>,
     seen_first_seq: Option<u64>,
-    expected_prev: Option<String>,
+    expected_prev: Option<ChainHash>,
     expected_seq: Option<u64>,
     index: u64,
-    computed_root: Option<String>,
+    computed_root: Option<ChainHash>,
     errors: Vec<ChainError>,
 }
 
@@ -114,6 +213,7 @@ impl ChainVerifier {
     /// A verifier for a range of a longer chain: its first entry must link to
     /// `anchor_hash`, and (when given) carry `ledger_seq == from_seq`.
     pub fn with_anchor(anchor_hash: String, from_seq: Option<u64>) -> Self {
+        let anchor_hash = ChainHash::from_text(&anchor_hash);
         ChainVerifier {
             expected_prev: Some(anchor_hash.clone()),
             anchor: Some(anchor_hash),
@@ -153,10 +253,15 @@ impl ChainVerifier {
         self.push_link(checked.into_link());
     }
 
-    /// Verifies the next entry, in the verifier's own terms.
+    /// Verifies the next entry, given by its hashes as text.
     pub fn push_link(&mut self, link: Link) {
-        for problem in &link.problems {
-            self.error(problem.clone());
+        self.push_hashed(link.into());
+    }
+
+    /// Verifies the next entry, in the verifier's own terms.
+    pub fn push_hashed(&mut self, link: HashedLink) {
+        for problem in link.problems {
+            self.error(problem);
         }
         if self.index == 0 {
             self.seen_first_prev = link.prev_hash.clone();
@@ -172,8 +277,8 @@ impl ChainVerifier {
         match (&link.prev_hash, &self.expected_prev) {
             (Some(prev), Some(expected)) if prev != expected => self.error(format!(
                 "prev_hash {} does not link to the previous entry's hash {}",
-                short(prev),
-                short(expected)
+                prev.short(),
+                expected.short()
             )),
             (None, _) => self.error("prev_hash is missing or not a string".to_owned()),
             _ => {}
@@ -181,8 +286,8 @@ impl ChainVerifier {
         match (&link.entry_hash, &link.computed_hash) {
             (Some(stated), Some(computed)) if stated != computed => self.error(format!(
                 "entry_hash mismatch: stored {}, computed {}",
-                short(stated),
-                short(computed)
+                stated.short(),
+                computed.short()
             )),
             (None, _) => self.error("entry_hash is missing or not a string".to_owned()),
             _ => {}
@@ -231,8 +336,8 @@ impl ChainVerifier {
     ) -> VerifyReport {
         let anchor = match (&self.anchor, stated_anchor) {
             (Some(a), _) => a.clone(),
-            (None, Some(a)) => a.to_owned(),
-            (None, None) => GENESIS_HASH.to_owned(),
+            (None, Some(a)) => ChainHash::from_text(a),
+            (None, None) => ChainHash::from_text(GENESIS_HASH),
         };
         if self.anchor.is_none() && self.index > 0 {
             if let Some(first_prev) = self.seen_first_prev.clone()
@@ -249,8 +354,8 @@ impl ChainVerifier {
                         index: Some(0),
                         message: format!(
                             "prev_hash {} of the first entry is not {what} {}",
-                            short(&first_prev),
-                            short(&anchor)
+                            first_prev.short(),
+                            anchor.short()
                         ),
                     },
                 );
@@ -270,20 +375,20 @@ impl ChainVerifier {
                 );
             }
         }
-        let computed_root = self.computed_root.clone().unwrap_or(anchor);
+        let computed_root = self.computed_root.take().unwrap_or(anchor);
         if let Some(root) = stated_root
-            && root != computed_root
+            && ChainHash::from_text(root) != computed_root
         {
             self.bundle_error(format!(
                 "root_hash {} does not match the computed root {}",
                 short(root),
-                short(&computed_root)
+                computed_root.short()
             ));
         }
         VerifyReport {
             valid: self.errors.is_empty(),
             entries_verified: self.index,
-            computed_root_hash: computed_root,
+            computed_root_hash: computed_root.to_string(),
             errors: self.errors,
         }
     }
@@ -387,6 +492,27 @@ mod tests {
         let report = verify(chain(3), Some(&"f".repeat(64)));
         assert_eq!(report.errors.len(), 1);
         assert_eq!(report.errors[0].index, None);
+    }
+
+    #[test]
+    fn hashes_compare_as_their_text_does() {
+        let hex = "0123456789abcdef".repeat(4);
+        let digest = ChainHash::from_text(&hex);
+        assert!(matches!(digest, ChainHash::Digest(_)));
+        assert_eq!(digest.to_string(), hex);
+        assert_eq!(digest.short(), "0123456789abcdef…");
+        // Uppercase, short or long texts stay texts and never equal a digest.
+        for other in [
+            hex.to_uppercase(),
+            hex[..62].to_owned(),
+            format!("{hex}0"),
+            "é".into(),
+        ] {
+            let h = ChainHash::from_text(&other);
+            assert_eq!(h, ChainHash::Other(other.clone()));
+            assert_ne!(h, digest);
+            assert_eq!(h.to_string(), other);
+        }
     }
 
     #[test]

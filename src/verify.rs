@@ -1,19 +1,24 @@
 //! Verifying an evidence bundle file: streamed, hashed in parallel, in order.
 //!
-//! The reading thread scans the bundle and cuts it into chunks of raw entries;
-//! worker threads parse each entry and recompute its hashes (the expensive,
-//! independent part); a collector puts the chunks back in order and runs the
-//! cheap sequential link checks of [`ChainVerifier`]. Channels are bounded, so
-//! memory stays flat whatever the bundle's size.
+//! The reading thread fills blocks from the input and frames the entries in
+//! them ([`bundle::read_bundle_blocks`]); worker threads parse each entry of a
+//! block and recompute its hashes (the expensive, independent part); a
+//! collector puts the blocks back in order and runs the cheap sequential
+//! link checks of [`ChainVerifier`]. Channels are bounded and blocks are
+//! recycled, so memory stays flat whatever the bundle's size.
 //!
-//! An entry that does not fit our typed [`Entry`] (a null actor, an extra key,
-//! a number where a string belongs) is still hashed exactly as the Python
-//! library would hash it, from its raw JSON fields: the verifier judges the
-//! chain, not the style of the entries.
+//! Each entry is first read by the `raw` module, which hashes well-formed
+//! entries straight from the block's bytes. What it declines goes to the
+//! general path: a borrowed serde view of our entry shape, and for an entry
+//! that does not fit it (a null actor, an extra key, a number where a string
+//! belongs) the raw JSON fields, hashed exactly as the Python library would
+//! hash them: the verifier judges the chain, not the style of the entries.
+
+mod raw;
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -22,56 +27,60 @@ use std::borrow::Cow;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use crate::bundle::{self, BundleError, BundleHeader};
-use crate::chain::{ChainVerifier, Link, VerifyReport};
+use crate::bundle::{self, BundleError, BundleHeader, EntryBlock};
+use crate::chain::{ChainVerifier, HashedLink, Link, VerifyReport};
 use crate::entry;
-
-const CHUNK: usize = 512;
 
 /// Verifies the bundle at `path`.
 pub fn verify_bundle_file(path: &Path) -> Result<VerifyReport, BundleError> {
-    let file = File::open(path)?;
-    verify_bundle(BufReader::with_capacity(1 << 20, file), &AtomicU64::new(0))
+    verify_bundle(File::open(path)?, &AtomicU64::new(0))
 }
 
-/// Verifies a bundle read from `input`; `progress` counts entries as they are
-/// verified (for a progress display on another thread).
-pub fn verify_bundle<R: BufRead>(
-    input: R,
-    progress: &AtomicU64,
-) -> Result<VerifyReport, BundleError> {
+/// Verifies a bundle read from `input` (unbuffered is best: it is read in
+/// large blocks); `progress` counts entries as they are verified (for a
+/// progress display on another thread).
+pub fn verify_bundle<R: Read>(input: R, progress: &AtomicU64) -> Result<VerifyReport, BundleError> {
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 8);
-    let (raw_tx, raw_rx) = crossbeam_channel::bounded::<(u64, Vec<Vec<u8>>)>(workers * 2);
-    let (done_tx, done_rx) = crossbeam_channel::bounded::<(u64, Vec<Link>)>(workers * 2);
+    let (block_tx, block_rx) = crossbeam_channel::bounded::<(u64, EntryBlock)>(workers);
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<(u64, Vec<HashedLink>)>(workers * 2);
+    // Blocks come back here once hashed; at most the blocks in flight exist.
+    let (free_tx, free_rx) = crossbeam_channel::unbounded::<EntryBlock>();
 
     std::thread::scope(|scope| {
         for _ in 0..workers {
-            let raw_rx = raw_rx.clone();
+            let block_rx = block_rx.clone();
             let done_tx = done_tx.clone();
+            let free_tx = free_tx.clone();
             scope.spawn(move || {
-                for (index, chunk) in raw_rx {
-                    let links = chunk.iter().map(|raw| link_of(raw)).collect();
+                let mut checker = EntryChecker::default();
+                for (index, mut block) in block_rx {
+                    let links = block.raw_entries().map(|raw| checker.check(raw)).collect();
                     if done_tx.send((index, links)).is_err() {
                         return;
+                    }
+                    if block.bytes.len() <= bundle::BLOCK_BYTES {
+                        block.entries.clear();
+                        let _ = free_tx.send(block);
                     }
                 }
             });
         }
-        drop(raw_rx);
+        drop(block_rx);
         drop(done_tx);
+        drop(free_tx);
 
         let collector = scope.spawn(move || {
             let mut verifier = ChainVerifier::deferred();
-            let mut pending: BTreeMap<u64, Vec<Link>> = BTreeMap::new();
+            let mut pending: BTreeMap<u64, Vec<HashedLink>> = BTreeMap::new();
             let mut next = 0u64;
             for (index, links) in done_rx {
                 pending.insert(index, links);
                 while let Some(links) = pending.remove(&next) {
                     let n = links.len() as u64;
                     for link in links {
-                        verifier.push_link(link);
+                        verifier.push_hashed(link);
                     }
                     progress.fetch_add(n, Ordering::Relaxed);
                     next += 1;
@@ -80,21 +89,15 @@ pub fn verify_bundle<R: BufRead>(
             verifier
         });
 
-        let mut chunk = Vec::with_capacity(CHUNK);
-        let mut chunk_index = 0u64;
-        let header: Result<BundleHeader, BundleError> = bundle::read_bundle(input, |raw| {
-            chunk.push(raw);
-            if chunk.len() == CHUNK {
-                let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
+        let mut block_index = 0u64;
+        let header: Result<BundleHeader, BundleError> =
+            bundle::read_bundle_blocks(input, |block| {
                 // Workers only stop when this sender is dropped: send cannot fail.
-                let _ = raw_tx.send((chunk_index, full));
-                chunk_index += 1;
-            }
-        });
-        if !chunk.is_empty() {
-            let _ = raw_tx.send((chunk_index, chunk));
-        }
-        drop(raw_tx);
+                let _ = block_tx.send((block_index, block));
+                block_index += 1;
+                free_rx.try_recv().unwrap_or_default()
+            });
+        drop(block_tx);
         let verifier = collector.join().expect("the collector does not panic");
         let header = header?;
         Ok(verifier.finish_bundle(
@@ -240,9 +243,18 @@ fn view_link(raw: &[u8]) -> Option<Link> {
     })
 }
 
-/// Parses one raw entry and recomputes its hashes.
-fn link_of(raw: &[u8]) -> Link {
-    view_link(raw).unwrap_or_else(|| loose_link(raw))
+/// Recomputes the hashes of raw entries, one after the other (a worker's job).
+#[derive(Debug, Default)]
+pub struct EntryChecker {
+    scratch: raw::Scratch,
+}
+
+impl EntryChecker {
+    /// Parses one raw entry and recomputes its hashes.
+    pub fn check(&mut self, raw: &[u8]) -> HashedLink {
+        raw::link(raw, &mut self.scratch)
+            .unwrap_or_else(|| view_link(raw).unwrap_or_else(|| loose_link(raw)).into())
+    }
 }
 
 /// The path for entries that are valid JSON but not our typed entry.
@@ -328,8 +340,229 @@ mod tests {
         verify_bundle(bytes, &AtomicU64::new(0)).unwrap()
     }
 
+    /// The general path alone, for comparison with the fast one.
+    fn general_link(raw: &[u8]) -> HashedLink {
+        view_link(raw).unwrap_or_else(|| loose_link(raw)).into()
+    }
+
     fn entries(n: u64, from: u64, anchor: &str) -> Vec<Entry> {
         crate::entry::test_chain(n, from, anchor)
+    }
+
+    /// Checks that the fast path, when it takes `raw`, finds exactly what the
+    /// general path finds; returns whether it took it.
+    fn agree(raw: &[u8]) -> bool {
+        let general = general_link(raw);
+        match raw::link(raw, &mut raw::Scratch::default()) {
+            Some(fast) => {
+                assert_eq!(fast, general, "{}", String::from_utf8_lossy(raw));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A sealed entry that uses every field, including a payload.
+    fn full_entry() -> Value {
+        let payload = serde_json::json!({"policy": {"max": 1.5e-7, "big": 123456789012345678901234567890_u128, "name": "é\u{1F642}"}});
+        let body = crate::entry::EntryBody {
+            ts_ms: 1_700_000_000_123,
+            request_id: "req-é-1".into(),
+            actor: "agent \"007\"".into(),
+            intent: "read /tmp/a\\b\n\t\u{7f}\u{0} 🙂".into(),
+            decision: "DENY".into(),
+            state_from: "IDLE".into(),
+            state_to: "IDLE".into(),
+            tool_name: Some("kernel.policy_update".into()),
+            params_hash: Some(crate::canonical::sha256_of(&payload).unwrap()),
+            evidence_hash: Some("e".repeat(64)),
+            error: Some("denied: ünïcode".into()),
+            permit_digest: Some("d".repeat(64)),
+            permit_verification: Some("DENY".into()),
+            permit_denial_reasons: Some(vec!["REPLAY_DETECTED".into(), "é".into()]),
+            proposal_hash: Some("proposal-1".into()),
+            permit_nonce: Some("n1".into()),
+            permit_issuer: Some("operator@example.com".into()),
+            permit_subject: Some("alice".into()),
+            permit_max_executions: Some(3),
+            payload: Some(payload),
+        };
+        serde_json::to_value(body.seal(7, &"a".repeat(64))).unwrap()
+    }
+
+    fn text(v: &Value) -> Vec<u8> {
+        serde_json::to_vec(v).unwrap()
+    }
+
+    #[test]
+    fn the_fast_path_takes_well_formed_entries_in_any_layout() {
+        let full = full_entry();
+        let simple = serde_json::to_value(&entries(1, 0, GENESIS_HASH)[0]).unwrap();
+        for entry in [&full, &simple] {
+            let compact = text(entry);
+            let link = general_link(&compact);
+            assert_eq!(link.entry_hash, link.computed_hash);
+            assert!(link.problems.is_empty(), "{:?}", link.problems);
+            assert!(agree(&compact));
+            assert!(agree(&serde_json::to_vec_pretty(entry).unwrap()));
+            // Keys in reverse order, with odd (but legal) whitespace.
+            let object = entry.as_object().unwrap();
+            let reversed: Vec<String> = object
+                .iter()
+                .rev()
+                .map(|(k, v)| format!("\r\n\t{}\t:  {v} ", Value::from(k.as_str())))
+                .collect();
+            assert!(agree(format!(" {{{}}}\n", reversed.join(",")).as_bytes()));
+            // Escapes Python writes (ensure_ascii) rather than raw UTF-8, and `\/`.
+            let ascii = crate::canonical::to_string(entry)
+                .unwrap()
+                .replace('/', "\\/");
+            assert!(agree(ascii.as_bytes()));
+        }
+        // Empty denial reasons hash as null.
+        let mut v = full.clone();
+        v["permit_denial_reasons"] = serde_json::json!([]);
+        assert!(agree(&text(&v)));
+    }
+
+    #[test]
+    fn the_fast_path_agrees_or_declines_on_odd_entries() {
+        let full = full_entry();
+        let odd_values = [
+            "null",
+            "42",
+            "0",
+            "-1",
+            "-0",
+            "1.5",
+            "3.0",
+            "1e3",
+            "1E400",
+            "true",
+            "[]",
+            "{}",
+            "[\"a\"]",
+            "[\"a\",1]",
+            "[null]",
+            "\"x\"",
+            "\"\"",
+            "\"\\u00e9\\ud83d\\ude42\"",
+            "18446744073709551615",
+            "18446744073709551616",
+            "123456789012345678901234567890",
+            "{\"z\":1,\"a\":[1.0,\"é\"]}",
+        ];
+        let mut cases: Vec<Vec<u8>> = Vec::new();
+        for key in full.as_object().unwrap().keys() {
+            for odd in odd_values {
+                let mut v = full.clone();
+                v[key] = serde_json::from_str(odd).unwrap();
+                cases.push(text(&v));
+            }
+            let mut v = full.clone();
+            v.as_object_mut().unwrap().remove(key);
+            cases.push(text(&v));
+        }
+        let compact = String::from_utf8(text(&full)).unwrap();
+        let raw_texts = [
+            // repeated key, unknown key, trailing comma, bad literals and numbers
+            compact.replacen('{', "{\"actor\":\"x\",", 1),
+            compact.replacen('{', "{\"extra\":1,", 1),
+            compact.replacen('}', ",}", 1),
+            compact.replace("\"ts_ms\":1700000000123", "\"ts_ms\":01700000000123"),
+            compact.replace("\"ts_ms\":1700000000123", "\"ts_ms\":1700000000123.0"),
+            compact.replace("\"ledger_seq\":7", "\"ledger_seq\":nul"),
+            compact.replace(
+                "\"tool_name\":\"kernel.policy_update\"",
+                "\"tool_name\":nulL",
+            ),
+            compact.replace(
+                "\"permit_max_executions\":3",
+                "\"permit_max_executions\":null",
+            ),
+            compact.replace(
+                "\"proposal_hash\":\"proposal-1\"",
+                "\"proposal_hash\":\"a\\x\"",
+            ),
+            compact.replace(
+                "\"proposal_hash\":\"proposal-1\"",
+                "\"proposal_hash\":\"a\tb\"",
+            ),
+            compact.replace(
+                "\"proposal_hash\":\"proposal-1\"",
+                "\"proposal_hash\":\"\\ud800\"",
+            ),
+            compact.replace("\"payload\":{", "\"payload\":{,"),
+            compact.replace("\"payload\":{", "\"payload\" {"),
+            compact.replace(",\"decision\"", " , , \"decision\""),
+            format!("[{compact}]"),
+            format!("{compact}x"),
+            "{}".to_owned(),
+        ];
+        cases.extend(raw_texts.iter().map(|t| t.as_bytes().to_vec()));
+        // Every truncation, closed again.
+        for cut in 0..compact.len() {
+            if compact.is_char_boundary(cut) {
+                cases.push(format!("{}}}", &compact[..cut]).into_bytes());
+            }
+        }
+        // Invalid UTF-8 inside and outside a string.
+        cases.push(compact.replace("proposal-1", "proposal-\u{1}").into_bytes());
+        let mut bad = text(&full);
+        let at = compact.find("proposal-1").unwrap();
+        bad[at] = 0xff;
+        cases.push(bad);
+        let mut taken = 0;
+        for case in &cases {
+            if agree(case) {
+                taken += 1;
+            }
+        }
+        // The odd values the typed shape allows (nulls, other strings, ...) are still fast.
+        assert!(taken > 40, "{taken} of {}", cases.len());
+    }
+
+    #[test]
+    fn python_bundles_take_the_fast_path() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/python");
+        let (mut seen, mut declined) = (0, 0);
+        for scenario in std::fs::read_dir(dir).unwrap() {
+            let path = scenario.unwrap().path().join("bundle.ledger_entries.json");
+            let Ok(file) = File::open(&path) else {
+                continue;
+            };
+            bundle::read_bundle(file, |raw| {
+                // Denials of malformed requests record a non-string request_id
+                // (or actor, intent): those are the general path's.
+                let value: Value = serde_json::from_slice(&raw).unwrap();
+                let texts = ["request_id", "actor", "intent"].map(|k| value[k].is_string());
+                let fast = agree(&raw);
+                assert_eq!(fast, texts == [true; 3], "{}: {value}", path.display());
+                seen += 1;
+                declined += usize::from(!fast);
+            })
+            .unwrap();
+        }
+        assert!(seen > 100 && declined < seen / 10, "{declined} of {seen}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_hashes_the_same_on_both_paths(
+            intent in "\\PC*|[\\u{0}-\\u{ff}]*",
+            actor in "[ -~]{0,12}|\\PC{0,4}",
+            reasons in proptest::collection::vec("[a-zé\"\\\\/ ]{0,6}", 0..3),
+            ts_ms in proptest::num::u64::ANY,
+        ) {
+            let mut v = full_entry();
+            v["intent"] = Value::from(intent);
+            v["actor"] = Value::from(actor);
+            v["permit_denial_reasons"] = Value::from(reasons);
+            v["ts_ms"] = Value::from(ts_ms);
+            proptest::prop_assert!(agree(&text(&v)));
+            let ascii = crate::canonical::to_string(&v).unwrap();
+            proptest::prop_assert!(agree(ascii.as_bytes()));
+        }
     }
 
     #[test]
