@@ -112,6 +112,9 @@ struct ApplyQueue {
     overlay: BTreeMap<IVec, IVec>,
     /// Writes put in sled so far.
     applied: u64,
+    /// Why sled refused a write: the applier stops, appends fail (the
+    /// ledger closes), and the write-ahead log keeps everything for replay.
+    failed: Option<String>,
     stop: bool,
 }
 
@@ -119,6 +122,9 @@ struct ApplyQueue {
 const APPLY_LINGER: Duration = Duration::from_millis(20);
 /// The applier writes at once when this many writes wait.
 const APPLY_BATCH: usize = 4096;
+/// Writes per sled batch: sled's `apply_batch` holds a lock that stalls
+/// every read (request lookups of deciding threads too) while it runs.
+const APPLY_STEP: usize = 256;
 /// Appends wait for the applier when this many writes are not yet applied.
 const APPLY_BACKLOG: usize = 256 * 1024;
 
@@ -295,7 +301,9 @@ impl SledStore {
             applier: Applier::default(),
         });
         if replayed {
-            durability.make_sled_durable()?;
+            // The replayed batches must be durable in sled before the log
+            // generations holding them go.
+            durability.sync_sled()?;
         }
         durability.wal.remove_older_generations()?;
 
@@ -382,22 +390,37 @@ impl Durability {
         // Every batch of generation `closed` was queued before the rotation,
         // so once the applier reaches `queued` this flush covers it.
         self.wait_applied(queued)?;
+        self.sync_sled()?;
+        self.wal.remove_through(closed)
+    }
+
+    /// Makes everything applied to sled so far durable: sled's flush, then
+    /// `fdatasync` of its log and `fsync` of new blob files.
+    fn sync_sled(&self) -> Result<(), StoreError> {
         self.db.flush().map_err(engine)?;
         self.log_file.sync_data()?;
-        self.sync_blobs()?;
-        self.wal.remove_through(closed)
+        self.sync_blobs()
     }
 
     /// Queues a batch for the applier and stages it in the write-ahead log,
     /// atomically with respect to a rotation.
-    fn queue_and_stage(&self, kvs: Vec<(IVec, IVec)>) {
+    fn queue_and_stage(&self, kvs: Vec<(IVec, IVec)>) -> Result<(), StoreError> {
         let mut gate = self.applier.gate.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = &self
+            .applier
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .failed
+        {
+            return Err(StoreError::Engine(e.clone()));
+        }
         let frame: Vec<(&[u8], &[u8])> = kvs.iter().map(|(k, v)| (&k[..], &v[..])).collect();
         self.wal.stage(&frame);
         drop(frame);
         let mut q = self.applier.queue.lock().unwrap_or_else(|p| p.into_inner());
         // Back-pressure: never let the overlay grow without bound.
-        while q.pending.len() >= APPLY_BACKLOG && !q.stop {
+        while q.pending.len() >= APPLY_BACKLOG && !q.stop && q.failed.is_none() {
             q = self.applier.cv.wait(q).unwrap_or_else(|p| p.into_inner());
         }
         let was_empty = q.pending.is_empty();
@@ -411,22 +434,26 @@ impl Durability {
         if was_empty {
             self.applier.cv.notify_all();
         }
+        Ok(())
     }
 
     /// The applier: puts queued writes into sled, in large batches.
     fn apply_loop(&self) {
+        // Whether the last step left work queued (then no lingering).
+        let mut behind = false;
         loop {
             let batch = {
                 let mut q = self.applier.queue.lock().unwrap_or_else(|p| p.into_inner());
-                while q.pending.is_empty() && !q.stop {
+                while (q.pending.is_empty() || q.failed.is_some()) && !q.stop {
                     q = self.applier.cv.wait(q).unwrap_or_else(|p| p.into_inner());
                 }
-                if q.pending.is_empty() {
+                if q.pending.is_empty() || q.failed.is_some() {
+                    // Stopping; after a failure the write-ahead log keeps the rest.
                     return;
                 }
-                // Let a batch build up: fewer, larger sled writes.
+                // Coming from idle, let a batch build up: fewer sled writes.
                 let deadline = Instant::now() + APPLY_LINGER;
-                while q.pending.len() < APPLY_BATCH && !q.stop {
+                while !behind && q.pending.len() < APPLY_BATCH && !q.stop {
                     let now = Instant::now();
                     if now >= deadline {
                         break;
@@ -438,19 +465,21 @@ impl Durability {
                         .unwrap_or_else(|p| p.into_inner())
                         .0;
                 }
-                std::mem::take(&mut q.pending)
+                let n = q.pending.len().min(APPLY_STEP);
+                behind = q.pending.len() > n;
+                q.pending.drain(..n).collect::<Vec<_>>()
             };
             if let Err(e) = self.apply_to_sled(batch) {
                 // The writes stay in the overlay and in the write-ahead log;
-                // the next sled sync waits for them and reports.
-                tracing::error!(error = %e, "applying writes to sled failed; retrying");
-                std::thread::sleep(Duration::from_millis(100));
+                // appends now fail, which closes the ledger.
+                tracing::error!(error = %e, "applying writes to sled failed; the ledger closes, the write-ahead log keeps every committed write");
             }
         }
     }
 
     /// Writes `batch` into sled and drops from the overlay every key whose
-    /// latest value is now in sled. On error the batch is queued again.
+    /// latest value is now in sled. On error the batch is queued again and
+    /// the failure recorded.
     fn apply_to_sled(&self, batch: Vec<(IVec, IVec)>) -> Result<(), StoreError> {
         let mut sled_batch = sled::Batch::default();
         for (k, v) in &batch {
@@ -458,7 +487,7 @@ impl Durability {
         }
         let result = self.tree.apply_batch(sled_batch).map_err(engine);
         let mut q = self.applier.queue.lock().unwrap_or_else(|p| p.into_inner());
-        match result {
+        match &result {
             Ok(()) => {
                 for (k, v) in &batch {
                     if q.overlay.get(k) == Some(v) {
@@ -470,16 +499,17 @@ impl Durability {
                 // accounting current, as a scan does (see `nudge_cache`).
                 for (k, _) in &batch {
                     if k.first() == Some(&REQUEST) {
-                        nudge_cache(&self.tree, k);
+                        nudge_cache(&self.tree, k, WRITE_NUDGES);
                     }
                 }
                 q = self.applier.queue.lock().unwrap_or_else(|p| p.into_inner());
                 q.applied += batch.len() as u64;
             }
-            Err(_) => {
+            Err(e) => {
                 let mut retry = batch;
                 retry.append(&mut q.pending);
                 q.pending = retry;
+                q.failed = Some(format!("writing to sled failed: {e}"));
             }
         }
         drop(q);
@@ -491,6 +521,9 @@ impl Durability {
     fn wait_applied(&self, count: u64) -> Result<(), StoreError> {
         let mut q = self.applier.queue.lock().unwrap_or_else(|p| p.into_inner());
         while q.applied < count {
+            if let Some(e) = &q.failed {
+                return Err(StoreError::Engine(e.clone()));
+            }
             if q.stop && !q.pending.is_empty() {
                 // Shutting down (the applier has stopped): apply the rest here.
                 let rest = std::mem::take(&mut q.pending);
@@ -604,14 +637,16 @@ impl Durability {
 /// it the scan stays flat (measured 55 MiB peak over 1M entries). This leans
 /// on sled's internals, so sled is pinned to 0.34.7 and
 /// `benches/ledger_scale.rs` and `benches/rotation_scale.rs` guard the peak.
-fn nudge_cache(tree: &sled::Tree, key: &[u8]) {
-    for _ in 0..SCAN_NUDGES {
+fn nudge_cache(tree: &sled::Tree, key: &[u8], times: usize) {
+    for _ in 0..times {
         let _ = tree.get(key);
     }
 }
 
 /// Extra reads of each chunk key during a scan (see [`nudge_cache`]).
 const SCAN_NUDGES: usize = 16;
+/// Extra reads of each request record written (see [`nudge_cache`]).
+const WRITE_NUDGES: usize = 8;
 
 /// Splits one chunk into `(seq, record)` items within `from..to`.
 fn chunk_items(
@@ -660,8 +695,7 @@ impl LedgerStore for SledStore {
                 cp.into(),
             ));
         }
-        self.durability.queue_and_stage(kvs);
-        Ok(())
+        self.durability.queue_and_stage(kvs)
     }
 
     fn commit(&self) -> Result<(), StoreError> {
@@ -692,7 +726,7 @@ impl LedgerStore for SledStore {
                     .range(chunk_key(start)..chunk_key(sled_end))
                     .map(move |item| {
                         let (k, v) = item.map_err(engine)?;
-                        nudge_cache(&tree, &k);
+                        nudge_cache(&tree, &k, SCAN_NUDGES);
                         Ok((key_seq(&k)?, v))
                     }),
             )
@@ -751,8 +785,7 @@ impl LedgerStore for SledStore {
 
     fn set_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
         self.durability
-            .queue_and_stage(vec![(prefixed(META, key.as_bytes()).into(), value.into())]);
-        Ok(())
+            .queue_and_stage(vec![(prefixed(META, key.as_bytes()).into(), value.into())])
     }
 }
 
