@@ -310,6 +310,16 @@ impl Ledger {
     /// the original receipt (no new entry); with other content, a conflict.
     pub fn submit_begin(&self, raw: &RawRequest) -> Result<(Receipt, Durable), LedgerError> {
         let content_hash = raw.content_hash();
+        let request_id = raw
+            .request_id()
+            .filter(|id| !id.is_empty())
+            .map(str::to_owned);
+        // The slow part of the idempotency lookup (sled) runs before the
+        // lock, which every decision takes; it is confirmed under the lock.
+        let lookup = match &request_id {
+            Some(id) => Some(self.inner.store.request_lookup(id)?),
+            None => None,
+        };
         let mut core = self.lock_core();
         self.check_open()?;
         // A halted kernel refuses every submission, retries included: an
@@ -323,15 +333,11 @@ impl Ledger {
                 .unwrap_or_default();
             return Err(Refusal::Halted(reason).into());
         }
-        let request_id = raw
-            .request_id()
-            .filter(|id| !id.is_empty())
-            .map(str::to_owned);
-        if let Some(id) = &request_id {
+        if let (Some(id), Some(lookup)) = (&request_id, lookup) {
             let prior =
                 match core.unsynced.get(id) {
                     Some((hash, receipt)) => Some((hash.clone(), receipt.clone())),
-                    None => match self.inner.store.request(id)? {
+                    None => match self.inner.store.request_confirm(id, lookup)? {
                         Some(rec) => {
                             let bytes = self.inner.store.get(rec.seq)?.ok_or_else(|| {
                                 StoreError::Corrupt {

@@ -49,6 +49,15 @@ pub mod meta {
     pub const CHECKPOINT: &str = "checkpoint";
 }
 
+/// The result of [`LedgerStore::request_lookup`].
+#[derive(Debug, Clone)]
+pub struct RequestLookup {
+    /// The record, if the id was stored.
+    pub found: Option<RequestRecord>,
+    /// The store's own marker of what the read could see.
+    pub token: u64,
+}
+
 /// A scan over stored entries: `(seq, stored bytes)` in seq order.
 pub type Scan<'a> = Box<dyn Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + Send + 'a>;
 
@@ -84,6 +93,32 @@ pub trait LedgerStore: Send + Sync + 'static {
 
     /// The record of a submitted request id.
     fn request(&self, request_id: &str) -> Result<Option<RequestRecord>, StoreError>;
+
+    /// The first step of a lookup in two: [`LedgerStore::request`] plus a
+    /// token, so that a caller can do the slow read before it takes its lock
+    /// and confirm it under the lock with [`LedgerStore::request_confirm`].
+    fn request_lookup(&self, request_id: &str) -> Result<RequestLookup, StoreError> {
+        Ok(RequestLookup {
+            found: self.request(request_id)?,
+            token: 0,
+        })
+    }
+
+    /// The record of `request_id` now, given an earlier `lookup` of it, for a
+    /// caller that has since made sure no other thread can write that id
+    /// (the ledger holds its lock and checked its own queue). Records never
+    /// change once written, so a found record stands; a miss is confirmed
+    /// from memory unless writes may have moved past the earlier read.
+    fn request_confirm(
+        &self,
+        request_id: &str,
+        lookup: RequestLookup,
+    ) -> Result<Option<RequestRecord>, StoreError> {
+        match lookup.found {
+            Some(found) => Ok(Some(found)),
+            None => self.request(request_id),
+        }
+    }
 
     /// A metadata value.
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;

@@ -40,7 +40,7 @@ use super::record::{self, RequestRecord};
 use sled::IVec;
 
 use super::wal::Wal;
-use super::{LedgerStore, Scan, StoreError, meta};
+use super::{LedgerStore, RequestLookup, Scan, StoreError, meta};
 use crate::entry::Entry;
 
 const CHUNK: u8 = b'c';
@@ -112,6 +112,8 @@ struct ApplyQueue {
     overlay: BTreeMap<IVec, IVec>,
     /// Writes put in sled so far.
     applied: u64,
+    /// Counts the times keys left `overlay` (they were then in sled).
+    moved: u64,
     /// Why sled refused a write: the applier stops, appends fail (the
     /// ledger closes), and the write-ahead log keeps everything for replay.
     failed: Option<String>,
@@ -494,6 +496,7 @@ impl Durability {
                         q.overlay.remove(k);
                     }
                 }
+                q.moved += 1;
                 drop(q);
                 // Request records land on random leaves: keep sled's cache
                 // accounting current, as a scan does (see `nudge_cache`).
@@ -623,6 +626,11 @@ impl Durability {
         state.dir_mtime = settled.then_some(mtime);
         Ok(())
     }
+}
+
+fn parse_request(request_id: &str, bytes: &[u8]) -> Result<RequestRecord, StoreError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Engine(format!("request record of {request_id:?}: {e}")))
 }
 
 /// Keeps sled's cache bounded while a scan (or the writes of request
@@ -770,9 +778,52 @@ impl LedgerStore for SledStore {
             .value(&prefixed(REQUEST, request_id.as_bytes()))?
         {
             None => Ok(None),
-            Some(v) => serde_json::from_slice(&v)
-                .map(Some)
-                .map_err(|e| StoreError::Engine(format!("request record of {request_id:?}: {e}"))),
+            Some(v) => parse_request(request_id, &v).map(Some),
+        }
+    }
+
+    fn request_lookup(&self, request_id: &str) -> Result<RequestLookup, StoreError> {
+        // The marker first: a key that leaves the overlay after it was read
+        // changes it, and `request_confirm` then reads again.
+        let token = self
+            .durability
+            .applier
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .moved;
+        Ok(RequestLookup {
+            found: self.request(request_id)?,
+            token,
+        })
+    }
+
+    fn request_confirm(
+        &self,
+        request_id: &str,
+        lookup: RequestLookup,
+    ) -> Result<Option<RequestRecord>, StoreError> {
+        if lookup.found.is_some() {
+            return Ok(lookup.found);
+        }
+        let key = prefixed(REQUEST, request_id.as_bytes());
+        let queued = {
+            let q = self
+                .durability
+                .applier
+                .queue
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match q.overlay.get(&key[..]) {
+                Some(v) => Some(v.clone()),
+                // Nothing moved to sled since the lookup: its miss stands.
+                None if q.moved == lookup.token => return Ok(None),
+                None => None,
+            }
+        };
+        match queued {
+            Some(v) => parse_request(request_id, &v).map(Some),
+            None => self.request(request_id),
         }
     }
 
@@ -818,6 +869,55 @@ mod tests {
             }
         }
         assert_eq!(seqs, (0..200).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_lookup_confirmed_later_sees_records_written_in_between() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SledStore::open(tmp.path(), &SledOptions::default()).unwrap();
+        let record = |seq| RequestRecord {
+            seq,
+            content_hash: "h".into(),
+            status: crate::kernel::Status::Accepted,
+            tool_result: None,
+        };
+        let entries = chain(2);
+        // Looked up before it is written; confirmed while it waits in the
+        // overlay, and again once it has moved to sled.
+        let early = store.request_lookup("a").unwrap();
+        assert!(early.found.is_none());
+        store
+            .append(&entries[..1], &[("a".into(), record(0))], None)
+            .unwrap();
+        let late = store.request_lookup("b").unwrap();
+        assert_eq!(
+            store
+                .request_confirm("a", early.clone())
+                .unwrap()
+                .unwrap()
+                .seq,
+            0
+        );
+        store
+            .append(&entries[1..], &[("b".into(), record(1))], None)
+            .unwrap();
+        // Two appends of three writes each: chunk, request record, head.
+        store.durability.wait_applied(6).unwrap();
+        assert!(
+            store
+                .durability
+                .applier
+                .queue
+                .lock()
+                .unwrap()
+                .overlay
+                .is_empty()
+        );
+        assert_eq!(store.request_confirm("a", early).unwrap().unwrap().seq, 0);
+        assert_eq!(store.request_confirm("b", late).unwrap().unwrap().seq, 1);
+        // A miss that nothing moved past stands without reading sled.
+        let miss = store.request_lookup("c").unwrap();
+        assert!(store.request_confirm("c", miss).unwrap().is_none());
     }
 
     #[test]
