@@ -444,8 +444,8 @@ pub fn verify_store<S: LedgerStore + ?Sized>(
         errors.extend(check.errors);
         count += check.count;
         if let Some(last) = check.last_hash {
-            expected_prev = last.clone();
-            root = last;
+            expected_prev = hex::encode(last);
+            root = expected_prev.clone();
         }
     }
     report(count, root, errors)
@@ -453,7 +453,7 @@ pub fn verify_store<S: LedgerStore + ?Sized>(
 
 struct RangeCheck {
     first_prev: Option<String>,
-    last_hash: Option<String>,
+    last_hash: Option<[u8; 32]>,
     count: u64,
     errors: Vec<ChainError>,
 }
@@ -538,7 +538,7 @@ fn check_range<S: LedgerStore + ?Sized>(store: &S, from: u64, to: u64) -> RangeC
                         .push(err(key_seq, "hashed fields are not UTF-8".into()));
                 }
                 prev = Some(*parts.entry_hash);
-                out.last_hash = Some(hex::encode(parts.entry_hash));
+                out.last_hash = Some(*parts.entry_hash);
             }
         }
         expected_seq = key_seq + 1;

@@ -79,8 +79,10 @@ pub struct StoredParts<'a> {
 impl StoredParts<'_> {
     /// The entry hash recomputed from the stored preimage.
     pub fn computed_hash(&self) -> [u8; 32] {
+        let mut prev = [0u8; 64];
+        hex::encode_to_slice(self.prev_hash, &mut prev).expect("64 bytes hold 32 in hex");
         let mut h = Sha256::new();
-        h.update(hex::encode(self.prev_hash).as_bytes());
+        h.update(prev);
         h.update(b":");
         h.update(self.preimage);
         h.finalize().into()
