@@ -17,7 +17,7 @@ use futures::StreamExt;
 use rand::Rng;
 use serde_json::{Value, json};
 use support::http;
-use support::process::{AGENT, AUDITOR, ServeConfig, Server, run};
+use support::process::{AGENT, AUDITOR, ServeConfig, Server, command, run, run_with};
 
 /// Kill-and-restart cycles.
 const CYCLES: usize = 20;
@@ -332,4 +332,54 @@ fn acknowledged_receipts_survive_sigkill_at_random_moments() {
         entries.len(),
         started.elapsed().as_secs_f64()
     );
+}
+
+/// An open that replays the write-ahead log must make the replayed entries
+/// durable in sled before it drops the log generations holding them: here
+/// the service is SIGKILLed right after its commits (sled is synced about
+/// once a second, so they are in the log only), an offline command opens the
+/// data dir and aborts at once, and every acknowledged entry must still be
+/// there.
+#[test]
+fn entries_replayed_on_open_survive_a_crash_right_after_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let policy = tmp.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "allowed_actors: [agent-001]\nallowed_tools: [echo]\n",
+    )
+    .unwrap();
+    let cfg = ServeConfig {
+        cwd: tmp.path().to_owned(),
+        data_dir: tmp.path().join("data"),
+        policy,
+        kernel_id: "replay-kernel".into(),
+    };
+    let data = cfg.data_dir.to_str().unwrap().to_owned();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = Server::start(&cfg);
+    let client = http::client();
+    let length = rt.block_on(async {
+        for i in 0..40 {
+            let (code, receipt) = http::post(
+                &client,
+                &server.url("/v1/requests"),
+                AGENT,
+                &json!({"request_id": format!("r-{i}"), "actor": "agent-001",
+                        "intent": "echo", "tool_call": {"name": "echo", "params": {"text": "x"}}}),
+            )
+            .await;
+            assert_eq!(code, 200, "{receipt}");
+        }
+        let (_, status) = http::get(&client, &server.url("/v1/status"), AUDITOR).await;
+        status["ledger_length"].as_u64().expect("ledger_length")
+    });
+    server.kill();
+
+    let mut crashing = command(tmp.path());
+    crashing.env(kernels::store::sled_store::ABORT_AFTER_OPEN, "1");
+    let out = run_with(crashing, &["info", "--data-dir", &data], None);
+    assert_ne!(out.code, Some(0), "the fault hook must abort the open");
+
+    assert_eq!(verify_data_dir(tmp.path(), &data), length);
 }

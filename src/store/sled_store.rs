@@ -71,6 +71,11 @@ impl Default for SledOptions {
     }
 }
 
+/// When this environment variable is set, the process aborts right after
+/// opening a store: the crash that must not lose what the open replayed.
+/// Used by the crash tests; never set it in production.
+pub const ABORT_AFTER_OPEN: &str = "KERNELS_FAULT_ABORT_AFTER_STORE_OPEN";
+
 /// How often sled is made durable (and the write-ahead log trimmed).
 pub const SLED_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -308,6 +313,12 @@ impl SledStore {
             durability.sync_sled()?;
         }
         durability.wal.remove_older_generations()?;
+        // Fault injection for the crash tests: die right after an open
+        // (which may have replayed and dropped log generations).
+        if std::env::var_os(ABORT_AFTER_OPEN).is_some() {
+            tracing::error!("{ABORT_AFTER_OPEN} is set: aborting right after opening the store");
+            std::process::abort();
+        }
 
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let handle = {
