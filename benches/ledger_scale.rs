@@ -28,7 +28,6 @@
 
 mod support;
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -290,23 +289,7 @@ fn real_serve(dir: &Path, work: &Path, requests: u64) {
         .expect("spawn kernels serve");
     let pid = child.id();
     let sampler = Sampler::start(pid, t0);
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Some(rest) = line.split("serving on ").nth(1) {
-                let _ = tx.send(rest.trim().to_owned());
-            } else if !line.is_empty() {
-                eprintln!("  [serve] {line}");
-            }
-        }
-    });
-    let base = rx
-        .recv_timeout(Duration::from_secs(120))
-        .expect("kernels serve did not print its address");
+    let base = serve_address(&mut child, Duration::from_secs(120));
     let listening_s = t0.elapsed().as_secs_f64();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Builder::new_multi_thread()

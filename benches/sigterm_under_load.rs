@@ -20,7 +20,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::BufRead;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -80,23 +79,7 @@ fn start_server(work: &Path, data: &Path) -> (Child, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn kernels serve");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if let Some(rest) = line.split("serving on ").nth(1) {
-                let _ = tx.send(rest.trim().to_owned());
-            } else if !line.is_empty() {
-                eprintln!("  [serve] {line}");
-            }
-        }
-    });
-    let base = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("kernels serve did not print its address");
+    let base = serve_address(&mut child, Duration::from_secs(60));
     (child, base)
 }
 

@@ -180,6 +180,18 @@ async fn check_survivors(client: &reqwest::Client, server: &Server, acked: &[&Se
     );
 }
 
+/// A service in `dir` (data in `dir/data`) with the policy `policy_yaml`.
+fn serve_config(dir: &Path, kernel_id: &str, policy_yaml: &str) -> ServeConfig {
+    let policy = dir.join("policy.yaml");
+    std::fs::write(&policy, policy_yaml).unwrap();
+    ServeConfig {
+        cwd: dir.to_owned(),
+        data_dir: dir.join("data"),
+        policy,
+        kernel_id: kernel_id.into(),
+    }
+}
+
 fn verify_data_dir(cwd: &Path, data: &str) -> u64 {
     let out = run(cwd, &["verify", "--data-dir", data, "--json"], None);
     out.expect_code(0, "verify --data-dir");
@@ -192,18 +204,11 @@ fn verify_data_dir(cwd: &Path, data: &str) -> u64 {
 fn acknowledged_receipts_survive_sigkill_at_random_moments() {
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
-    let policy = tmp.path().join("policy.yaml");
-    std::fs::write(
-        &policy,
+    let cfg = serve_config(
+        tmp.path(),
+        "crash-kernel",
         "allowed_actors: [agent-001, agent-002]\nallowed_tools: [echo, add]\n",
-    )
-    .unwrap();
-    let cfg = ServeConfig {
-        cwd: tmp.path().to_owned(),
-        data_dir: tmp.path().join("data"),
-        policy,
-        kernel_id: "crash-kernel".into(),
-    };
+    );
     let data = cfg.data_dir.to_str().unwrap().to_owned();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
@@ -343,18 +348,11 @@ fn acknowledged_receipts_survive_sigkill_at_random_moments() {
 #[test]
 fn entries_replayed_on_open_survive_a_crash_right_after_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let policy = tmp.path().join("policy.yaml");
-    std::fs::write(
-        &policy,
+    let cfg = serve_config(
+        tmp.path(),
+        "replay-kernel",
         "allowed_actors: [agent-001]\nallowed_tools: [echo]\n",
-    )
-    .unwrap();
-    let cfg = ServeConfig {
-        cwd: tmp.path().to_owned(),
-        data_dir: tmp.path().join("data"),
-        policy,
-        kernel_id: "replay-kernel".into(),
-    };
+    );
     let data = cfg.data_dir.to_str().unwrap().to_owned();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let server = Server::start(&cfg);

@@ -228,18 +228,51 @@ pub fn realistic_request(task: u64, i: u64, rng: &mut Rng) -> serde_json::Value 
     })
 }
 
-/// Builds (or extends) a ledger in `dir` to at least `n` entries through the
-/// real submit path, from `tasks` concurrent tokio tasks. Prints progress.
-pub fn build_ledger(dir: &Path, kernel_id: &str, n: u64, tasks: u64) -> Duration {
+/// Opens (or creates) the benches' ledger in `dir`, as the service would.
+fn open_bench_ledger(dir: &Path, kernel_id: &str, checkpoint_every: Option<u64>) -> Ledger {
     let mut options = LedgerOptions::service(kernel_id, Variant::Strict, bench_policy());
     options.external_tools = TOOLS.iter().map(|t| t.to_string()).collect();
-    let ledger = Ledger::open(
+    if let Some(every) = checkpoint_every {
+        options.checkpoint_every = every;
+    }
+    Ledger::open(
         dir,
         options,
         Arc::new(SystemClock),
         Arc::new(Metrics::new()),
     )
-    .expect("open the ledger to build");
+    .expect("open the ledger to build")
+}
+
+/// The address a spawned `kernels serve` prints ("serving on ADDR") on its
+/// stderr; the rest of its stderr is echoed, indented.
+pub fn serve_address(child: &mut std::process::Child, limit: Duration) -> String {
+    use std::io::BufRead;
+    let stderr = child
+        .stderr
+        .take()
+        .expect("kernels serve with piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(rest) = line.split("serving on ").nth(1) {
+                let _ = tx.send(rest.trim().to_owned());
+            } else if !line.is_empty() {
+                eprintln!("  [serve] {line}");
+            }
+        }
+    });
+    rx.recv_timeout(limit)
+        .expect("kernels serve did not print its address")
+}
+
+/// Builds (or extends) a ledger in `dir` to at least `n` entries through the
+/// real submit path, from `tasks` concurrent tokio tasks. Prints progress.
+pub fn build_ledger(dir: &Path, kernel_id: &str, n: u64, tasks: u64) -> Duration {
+    let ledger = open_bench_ledger(dir, kernel_id, None);
     let have = ledger.durable_len();
     let started = Instant::now();
     if have < n {
@@ -424,18 +457,7 @@ pub fn build_ledger_checked(
     checkpoint_every: Option<u64>,
 ) -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
-    let mut options = LedgerOptions::service(kernel_id, Variant::Strict, bench_policy());
-    options.external_tools = TOOLS.iter().map(|t| t.to_string()).collect();
-    if let Some(every) = checkpoint_every {
-        options.checkpoint_every = every;
-    }
-    let ledger = Ledger::open(
-        dir,
-        options,
-        Arc::new(SystemClock),
-        Arc::new(Metrics::new()),
-    )
-    .expect("open the ledger to build");
+    let ledger = open_bench_ledger(dir, kernel_id, checkpoint_every);
     let per_task = n.div_ceil(tasks);
     let progress: Arc<Vec<AtomicU64>> = Arc::new((0..tasks).map(|_| AtomicU64::new(0)).collect());
     let in_flight: Arc<Vec<std::sync::Mutex<String>>> = Arc::new(

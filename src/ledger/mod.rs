@@ -316,10 +316,10 @@ impl Ledger {
             .map(str::to_owned);
         // The slow part of the idempotency lookup (sled) runs before the
         // lock, which every decision takes; it is confirmed under the lock.
-        let lookup = match &request_id {
-            Some(id) => Some(self.inner.store.request_lookup(id)?),
-            None => None,
-        };
+        let lookup = request_id
+            .as_deref()
+            .map(|id| self.inner.store.request_lookup(id))
+            .transpose()?;
         let mut core = self.lock_core();
         self.check_open()?;
         // A halted kernel refuses every submission, retries included: an

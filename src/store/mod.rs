@@ -91,18 +91,10 @@ pub trait LedgerStore: Send + Sync + 'static {
         Ok(self.len()? == 0)
     }
 
-    /// The record of a submitted request id.
-    fn request(&self, request_id: &str) -> Result<Option<RequestRecord>, StoreError>;
-
-    /// The first step of a lookup in two: [`LedgerStore::request`] plus a
-    /// token, so that a caller can do the slow read before it takes its lock
-    /// and confirm it under the lock with [`LedgerStore::request_confirm`].
-    fn request_lookup(&self, request_id: &str) -> Result<RequestLookup, StoreError> {
-        Ok(RequestLookup {
-            found: self.request(request_id)?,
-            token: 0,
-        })
-    }
+    /// The record of a submitted request id, looked up in two steps so that
+    /// a caller can do the slow read before it takes its lock: this one
+    /// reads, [`LedgerStore::request_confirm`] confirms under the lock.
+    fn request_lookup(&self, request_id: &str) -> Result<RequestLookup, StoreError>;
 
     /// The record of `request_id` now, given an earlier `lookup` of it, for a
     /// caller that has since made sure no other thread can write that id
@@ -113,12 +105,7 @@ pub trait LedgerStore: Send + Sync + 'static {
         &self,
         request_id: &str,
         lookup: RequestLookup,
-    ) -> Result<Option<RequestRecord>, StoreError> {
-        match lookup.found {
-            Some(found) => Ok(Some(found)),
-            None => self.request(request_id),
-        }
-    }
+    ) -> Result<Option<RequestRecord>, StoreError>;
 
     /// A metadata value.
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;

@@ -499,6 +499,15 @@ impl Durability {
             sled_batch.insert(k.clone(), v.clone());
         }
         let result = self.tree.apply_batch(sled_batch).map_err(engine);
+        if result.is_ok() {
+            // Request records land on random leaves: keep sled's cache
+            // accounting current, as a scan does (see `nudge_cache`).
+            for (k, _) in &batch {
+                if k.first() == Some(&REQUEST) {
+                    nudge_cache(&self.tree, k, WRITE_NUDGES);
+                }
+            }
+        }
         let mut q = self.applier.queue.lock().unwrap_or_else(|p| p.into_inner());
         match &result {
             Ok(()) => {
@@ -508,15 +517,6 @@ impl Durability {
                     }
                 }
                 q.moved += 1;
-                drop(q);
-                // Request records land on random leaves: keep sled's cache
-                // accounting current, as a scan does (see `nudge_cache`).
-                for (k, _) in &batch {
-                    if k.first() == Some(&REQUEST) {
-                        nudge_cache(&self.tree, k, WRITE_NUDGES);
-                    }
-                }
-                q = self.applier.queue.lock().unwrap_or_else(|p| p.into_inner());
                 q.applied += batch.len() as u64;
             }
             Err(e) => {
@@ -669,6 +669,19 @@ const SCAN_NUDGES: usize = 4;
 /// Extra reads of each request record written (see [`nudge_cache`]).
 const WRITE_NUDGES: usize = 8;
 
+impl SledStore {
+    /// The record of a submitted request id, from the overlay or sled.
+    pub fn request(&self, request_id: &str) -> Result<Option<RequestRecord>, StoreError> {
+        match self
+            .durability
+            .value(&prefixed(REQUEST, request_id.as_bytes()))?
+        {
+            None => Ok(None),
+            Some(v) => parse_request(request_id, &v).map(Some),
+        }
+    }
+}
+
 /// Splits one chunk into `(seq, record)` items within `from..to`.
 fn chunk_items(
     first: u64,
@@ -783,16 +796,6 @@ impl LedgerStore for SledStore {
             Some((first, chunk)) => first + chunk_count(&chunk),
             None => 0,
         })
-    }
-
-    fn request(&self, request_id: &str) -> Result<Option<RequestRecord>, StoreError> {
-        match self
-            .durability
-            .value(&prefixed(REQUEST, request_id.as_bytes()))?
-        {
-            None => Ok(None),
-            Some(v) => parse_request(request_id, &v).map(Some),
-        }
     }
 
     fn request_lookup(&self, request_id: &str) -> Result<RequestLookup, StoreError> {
