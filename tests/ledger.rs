@@ -90,6 +90,49 @@ fn decisions_survive_a_restart_and_retries_get_the_original_receipt() {
 }
 
 #[test]
+fn retries_racing_their_own_commit_get_the_original_receipt_and_record_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let ledger = open(tmp.path());
+    let before = ledger.state().head.len;
+    rt.block_on(async {
+        // 16 tasks, each submitting ids 0..400 in a different order, so that
+        // every id is retried while its first entry is queued, being
+        // committed, appended, or durable.
+        let mut tasks = Vec::new();
+        for t in 0..16u64 {
+            let ledger = ledger.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut receipts = Vec::new();
+                for k in 0..400u64 {
+                    let i = (k * (2 * t + 1) + t) % 400;
+                    let raw = request(&format!("race-{i}"), "alice");
+                    receipts.push((i, ledger.submit(&raw).await.unwrap()));
+                }
+                receipts
+            }));
+        }
+        let mut first: std::collections::HashMap<u64, _> = Default::default();
+        for task in tasks {
+            for (i, receipt) in task.await.unwrap() {
+                let seen = first.entry(i).or_insert_with(|| receipt.clone());
+                assert_eq!(*seen, receipt, "race-{i} got two different receipts");
+            }
+        }
+        assert_eq!(first.len(), 400);
+    });
+    assert_eq!(ledger.state().head.len, before + 400, "one entry per id");
+    ledger.close().unwrap();
+    drop(ledger);
+    let ledger = open(tmp.path());
+    let err = rt
+        .block_on(ledger.submit(&request("race-7", "bob")))
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::Conflict(_)), "{err}");
+    ledger.close().unwrap();
+}
+
+#[test]
 fn a_halt_survives_restarts() {
     let tmp = tempfile::tempdir().unwrap();
     let rt = rt();
@@ -330,6 +373,38 @@ fn a_format_1_data_dir_written_by_0_1_0_opens_and_verifies() {
     assert_eq!(state.policy_version, 2);
     assert_eq!(state.head.len, 6);
     assert_eq!(state.counters.by_decision["ALLOW"], 2);
+    // Its request records were migrated (format 2 -> 3): every decision's
+    // request id still finds its entry.
+    let mut decisions = 0;
+    for entry in ledger.entries(0, 6) {
+        let entry = entry.unwrap();
+        let id = entry.request_id.as_str().to_owned();
+        if entry
+            .tool_name
+            .as_deref()
+            .is_some_and(|t| t.starts_with("kernel."))
+            || id == "HALT"
+            || id.is_empty()
+        {
+            continue;
+        }
+        let record = ledger
+            .store()
+            .request(&id)
+            .unwrap()
+            .expect("migrated record");
+        assert_eq!(record.seq, entry.ledger_seq);
+        decisions += 1;
+    }
+    assert!(decisions >= 2, "the fixture holds decisions");
+    assert!(
+        std::fs::read_to_string(dir.join("KERNELS_FORMAT"))
+            .unwrap()
+            .contains(&format!(
+                "format_version={}",
+                kernels::STORAGE_FORMAT_VERSION
+            ))
+    );
     ledger.close().unwrap();
 }
 

@@ -1,8 +1,9 @@
 //! The group-commit flusher: one thread that turns decided entries into
 //! durable ones, a batch at a time.
 //!
-//! Deciding threads only queue their entry (and a waiter) in `core.pending`
-//! under the core lock. The flusher swaps the whole pending batch out, hands
+//! Deciding threads only queue their entry (and a waiter) in the `queue`,
+//! inside the core lock. The flusher takes only the queue's lock (never the
+//! core's, which deciders contend for): it swaps the whole pending batch out, hands
 //! it to the store in one atomic append, and commits (the store's commit
 //! point: write + fdatasync of the write-ahead log); then it wakes every
 //! waiter of the batch. While it writes, the next batch fills, so a busy
@@ -32,14 +33,14 @@ pub(crate) fn run(inner: Arc<Inner>) {
     let inner = &ledger.inner;
     loop {
         let batch: Pending = {
-            let mut core = inner.core.lock().unwrap_or_else(|p| p.into_inner());
-            while core.pending.is_empty() && !core.shutdown {
-                core = inner.work.wait(core).unwrap_or_else(|p| p.into_inner());
+            let mut queue = inner.queue.lock().unwrap_or_else(|p| p.into_inner());
+            while queue.pending.is_empty() && !queue.shutdown {
+                queue = inner.work.wait(queue).unwrap_or_else(|p| p.into_inner());
             }
-            if core.pending.is_empty() && core.shutdown {
+            if queue.pending.is_empty() && queue.shutdown {
                 return;
             }
-            std::mem::take(&mut core.pending)
+            std::mem::take(&mut queue.pending)
         };
         let Pending {
             entries,
@@ -61,14 +62,11 @@ pub(crate) fn run(inner: Arc<Inner>) {
             .store
             .append(&entries, &requests, checkpoint)
             .and_then(|()| {
-                // The store answers for these ids now (lookups see appended
-                // records); done while the commit is yet to come, so that the
-                // lock is not contended by the waiters it is about to wake.
-                if !requests.is_empty() {
-                    let mut core = inner.core.lock().unwrap_or_else(|p| p.into_inner());
-                    for (id, _) in &requests {
-                        core.unsynced.remove(id);
-                    }
+                // The store answers for these ids now: deciders may forget them.
+                if let Some(last) = entries.last() {
+                    inner
+                        .appended_len
+                        .fetch_max(last.ledger_seq + 1, Ordering::AcqRel);
                 }
                 inner.store.commit()
             });

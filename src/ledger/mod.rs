@@ -125,7 +125,7 @@ pub(crate) type Waiter = oneshot::Sender<Result<(), String>>;
 #[derive(Default)]
 pub(crate) struct Pending {
     entries: Vec<Entry>,
-    requests: Vec<(String, RequestRecord)>,
+    requests: Vec<RequestRecord>,
     checkpoint: Option<Vec<u8>>,
     waiters: Vec<Waiter>,
 }
@@ -139,20 +139,57 @@ impl Pending {
 pub(crate) struct Core {
     state: KernelState,
     last_checkpoint_len: u64,
-    /// The next group commit's work.
+    /// Request ids decided but maybe not yet in the store: for idempotent
+    /// retries that arrive before their record is stored.
+    unsynced: Unsynced,
+}
+
+/// The next group commit's work, under its own lock: deciders take it
+/// (inside the core lock, which keeps entries in seq order) only to push,
+/// and the flusher takes only this one.
+#[derive(Default)]
+pub(crate) struct Queue {
     pending: Pending,
-    /// Request ids decided but not yet in the store: for idempotent retries
-    /// that arrive before their record is stored.
-    unsynced: HashMap<String, (String, Receipt)>,
     shutdown: bool,
+}
+
+/// Receipts of request ids the store may not answer for yet. The flusher
+/// never touches this (it would contend for the core lock on every commit):
+/// deciders drop the ids the store has taken, oldest first, as they pass.
+#[derive(Default)]
+pub(crate) struct Unsynced {
+    by_id: HashMap<String, (String, Receipt)>,
+    /// `(seq, id)` in seq order.
+    order: std::collections::VecDeque<(u64, String)>,
+}
+
+impl Unsynced {
+    fn insert(&mut self, seq: u64, id: String, content_hash: String, receipt: Receipt) {
+        self.order.push_back((seq, id.clone()));
+        self.by_id.insert(id, (content_hash, receipt));
+    }
+
+    /// Forgets the ids of entries the store holds (`seq < appended`).
+    fn prune(&mut self, appended: u64) {
+        while let Some((seq, _)) = self.order.front() {
+            if *seq >= appended {
+                break;
+            }
+            let (_, id) = self.order.pop_front().expect("checked");
+            self.by_id.remove(&id);
+        }
+    }
 }
 
 pub(crate) struct Inner {
     store: Arc<dyn LedgerStore>,
     datadir: Option<DataDir>,
     core: Mutex<Core>,
-    /// Signals the flusher that `core.pending` has work (or shutdown).
+    queue: Mutex<Queue>,
+    /// Signals the flusher that `queue` has work (or shutdown).
     work: Condvar,
+    /// Entries handed to the store (appended, maybe not yet durable).
+    appended_len: AtomicU64,
     durable_len: AtomicU64,
     durable_head_file_len: AtomicU64,
     poisoned: Mutex<Option<String>>,
@@ -224,6 +261,10 @@ impl Ledger {
         self.inner.core.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn lock_queue(&self) -> MutexGuard<'_, Queue> {
+        self.inner.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn check_open(&self) -> Result<(), LedgerError> {
         if let Some(reason) = self
             .inner
@@ -255,23 +296,29 @@ impl Ledger {
         &self,
         core: &mut Core,
         entry: Entry,
-        request: Option<(String, RequestRecord)>,
+        request: Option<RequestRecord>,
     ) -> Durable {
-        // Whether the flusher may be asleep on an empty batch — decided before
-        // anything (entry or checkpoint) is added to the batch.
-        let was_empty = core.pending.is_empty();
         core.state
             .apply(&entry)
             .expect("a sealed entry continues the chain");
         let len = entry.ledger_seq + 1;
-        if len - core.last_checkpoint_len >= self.inner.checkpoint_every {
-            core.pending.checkpoint = Some(open::encode_checkpoint(&core.state));
-            core.last_checkpoint_len = len;
-        }
-        core.pending.entries.push(entry);
-        core.pending.requests.extend(request);
+        let checkpoint =
+            (len - core.last_checkpoint_len >= self.inner.checkpoint_every).then(|| {
+                core.last_checkpoint_len = len;
+                open::encode_checkpoint(&core.state)
+            });
         let (tx, rx) = oneshot::channel();
-        core.pending.waiters.push(tx);
+        let mut queue = self.lock_queue();
+        // Whether the flusher may be asleep on an empty batch — decided before
+        // anything (entry or checkpoint) is added to the batch.
+        let was_empty = queue.pending.is_empty();
+        if checkpoint.is_some() {
+            queue.pending.checkpoint = checkpoint;
+        }
+        queue.pending.entries.push(entry);
+        queue.pending.requests.extend(request);
+        queue.pending.waiters.push(tx);
+        drop(queue);
         // The flusher only sleeps on an empty batch: one wake-up per batch.
         if was_empty {
             self.inner.work.notify_one();
@@ -291,14 +338,17 @@ impl Ledger {
         }
     }
 
-    /// A wait for durability of entry `seq`, which is already queued or stored.
-    fn durable_after_locked(&self, core: &mut Core, seq: u64) -> Durable {
+    /// A wait for durability of entry `seq`, which is already queued or
+    /// stored (the caller holds the core lock, so it cannot overtake it).
+    fn durable_after_locked(&self, seq: u64) -> Durable {
         if self.inner.durable_len.load(Ordering::Acquire) > seq {
             return Durable(None);
         }
-        let was_empty = core.pending.is_empty();
         let (tx, rx) = oneshot::channel();
-        core.pending.waiters.push(tx);
+        let mut queue = self.lock_queue();
+        let was_empty = queue.pending.is_empty();
+        queue.pending.waiters.push(tx);
+        drop(queue);
         if was_empty {
             self.inner.work.notify_one();
         }
@@ -314,12 +364,6 @@ impl Ledger {
             .request_id()
             .filter(|id| !id.is_empty())
             .map(str::to_owned);
-        // The slow part of the idempotency lookup (sled) runs before the
-        // lock, which every decision takes; it is confirmed under the lock.
-        let lookup = request_id
-            .as_deref()
-            .map(|id| self.inner.store.request_lookup(id))
-            .transpose()?;
         let mut core = self.lock_core();
         self.check_open()?;
         // A halted kernel refuses every submission, retries included: an
@@ -333,11 +377,15 @@ impl Ledger {
                 .unwrap_or_default();
             return Err(Refusal::Halted(reason).into());
         }
-        if let (Some(id), Some(lookup)) = (&request_id, lookup) {
+        if let Some(id) = &request_id {
+            // Ids not yet handed to the store, then the store's index (in
+            // memory; it reads only to confirm a match).
+            core.unsynced
+                .prune(self.inner.appended_len.load(Ordering::Acquire));
             let prior =
-                match core.unsynced.get(id) {
+                match core.unsynced.by_id.get(id) {
                     Some((hash, receipt)) => Some((hash.clone(), receipt.clone())),
-                    None => match self.inner.store.request_confirm(id, lookup)? {
+                    None => match self.inner.store.request(id)? {
                         Some(rec) => {
                             let bytes = self.inner.store.get(rec.seq)?.ok_or_else(|| {
                                 StoreError::Corrupt {
@@ -362,7 +410,7 @@ impl Ledger {
                 if hash != content_hash {
                     return Err(LedgerError::Conflict(id.clone()));
                 }
-                let durable = self.durable_after_locked(&mut core, receipt.ledger_seq);
+                let durable = self.durable_after_locked(receipt.ledger_seq);
                 return Ok((receipt, durable));
             }
         }
@@ -380,17 +428,19 @@ impl Ledger {
         let entry = core.state.seal(decided.body);
         let receipt = Receipt::new(&entry, status, decided.tool_result.clone());
         let record = request_id.map(|id| {
-            core.unsynced
-                .insert(id.clone(), (content_hash.clone(), receipt.clone()));
-            (
-                id,
-                RequestRecord {
-                    seq: entry.ledger_seq,
-                    content_hash,
-                    status,
-                    tool_result: decided.tool_result,
-                },
-            )
+            core.unsynced.insert(
+                entry.ledger_seq,
+                id.clone(),
+                content_hash.clone(),
+                receipt.clone(),
+            );
+            RequestRecord {
+                request_id: id,
+                seq: entry.ledger_seq,
+                content_hash,
+                status,
+                tool_result: decided.tool_result,
+            }
         });
         let decision = entry.decision.clone();
         tracing::debug!(
@@ -581,11 +631,12 @@ impl Ledger {
         }
         {
             let mut core = self.lock_core();
+            let mut queue = self.lock_queue();
             if core.state.head.len > core.last_checkpoint_len {
-                core.pending.checkpoint = Some(open::encode_checkpoint(&core.state));
+                queue.pending.checkpoint = Some(open::encode_checkpoint(&core.state));
                 core.last_checkpoint_len = core.state.head.len;
             }
-            core.shutdown = true;
+            queue.shutdown = true;
         }
         self.inner.work.notify_all();
         // The flusher commits what is pending, then stops.
@@ -612,8 +663,8 @@ impl Ledger {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Ok(mut core) = self.core.lock() {
-            core.shutdown = true;
+        if let Ok(mut queue) = self.queue.lock() {
+            queue.shutdown = true;
         }
         self.work.notify_all();
     }

@@ -23,7 +23,7 @@ use crate::store::record;
 use crate::store::sled_store::{SledOptions, SledStore};
 use crate::store::{LedgerStore, StoreError, meta};
 
-use super::{Checkpoint, Clock, Core, Inner, Ledger, LedgerError, Pending, report};
+use super::{Checkpoint, Clock, Core, Inner, Ledger, LedgerError, Queue, report};
 
 /// How much of the stored chain is verified on open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,16 +238,16 @@ impl Ledger {
         let core = Core {
             last_checkpoint_len: from,
             state,
-            pending: Pending::default(),
             unsynced: Default::default(),
-            shutdown: false,
         };
         let ledger = Ledger {
             inner: Arc::new(Inner {
                 store,
                 datadir: Some(datadir),
                 core: Mutex::new(core),
+                queue: Mutex::new(Queue::default()),
                 work: Condvar::new(),
+                appended_len: AtomicU64::new(len),
                 durable_len: AtomicU64::new(len),
                 durable_head_file_len: AtomicU64::new(0),
                 poisoned: Mutex::new(None),
@@ -366,6 +366,9 @@ impl Ledger {
             .apply(&entry)
             .expect("a sealed entry continues the chain");
         core.last_checkpoint_len = entry.ledger_seq + 1;
+        self.inner
+            .appended_len
+            .store(entry.ledger_seq + 1, Ordering::Release);
         self.inner
             .durable_len
             .store(entry.ledger_seq + 1, Ordering::Release);

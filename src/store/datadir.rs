@@ -25,13 +25,15 @@ const MARKER: &str = "KERNELS_FORMAT";
 const LOCK: &str = "LOCK";
 const DURABLE_HEAD: &str = "DURABLE_HEAD";
 const MARKER_MAGIC: &str = "kernels data dir";
+/// The sled database, inside the data dir.
+const LEDGER: &str = "ledger";
 
 /// One upgrade step: from format `from` to `from + 1`, applied to the dir.
 pub type Migration = fn(&Path) -> Result<(), StoreError>;
 
 /// Upgrade steps, indexed by the version they upgrade from; `migrations/`
 /// documents each version.
-pub const MIGRATIONS: &[(u32, Migration)] = &[(1, migrate_1_to_2)];
+pub const MIGRATIONS: &[(u32, Migration)] = &[(1, migrate_1_to_2), (2, migrate_2_to_3)];
 
 /// Format 2 adds the write-ahead log beside the sled database
 /// (`ledger.wal/`). A format 1 dir has none, and every commit of format 1
@@ -46,6 +48,15 @@ fn migrate_1_to_2(path: &Path) -> Result<(), StoreError> {
         )));
     }
     Ok(())
+}
+
+/// Format 3 replaces the one sled key per request id (`r <request_id>`)
+/// by request records keyed by seq and an in-memory index of request-id
+/// fingerprints, persisted in blocks (see `sled_store`). The step converts
+/// every record and writes the fingerprint blocks; an interrupted run is
+/// simply run again.
+fn migrate_2_to_3(path: &Path) -> Result<(), StoreError> {
+    super::sled_store::migrate_request_records(&path.join(LEDGER))
 }
 
 /// An open, locked data directory.
@@ -145,7 +156,7 @@ impl DataDir {
 
     /// Where the sled database lives.
     pub fn ledger_path(&self) -> PathBuf {
-        self.path.join("ledger")
+        self.path.join(LEDGER)
     }
 
     /// The durable head recorded last, if any: `(len, hash)`.

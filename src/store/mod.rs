@@ -4,10 +4,12 @@
 //! batch atomically, make it durable, scan a range, look up a request id, and
 //! a few metadata keys. [`sled_store::SledStore`] implements it on sled;
 //! [`datadir`] owns the data directory around it (format marker, lock,
-//! migrations); [`record`] is the stored byte layout.
+//! migrations); [`record`] is the stored byte layout; [`request_index`]
+//! finds the entry of a request id without I/O.
 
 pub mod datadir;
 pub mod record;
+pub mod request_index;
 pub mod sled_store;
 pub mod wal;
 
@@ -49,15 +51,6 @@ pub mod meta {
     pub const CHECKPOINT: &str = "checkpoint";
 }
 
-/// The result of [`LedgerStore::request_lookup`].
-#[derive(Debug, Clone)]
-pub struct RequestLookup {
-    /// The record, if the id was stored.
-    pub found: Option<RequestRecord>,
-    /// The store's own marker of what the read could see.
-    pub token: u64,
-}
-
 /// A scan over stored entries: `(seq, stored bytes)` in seq order.
 pub type Scan<'a> = Box<dyn Iterator<Item = Result<(u64, Vec<u8>), StoreError>> + Send + 'a>;
 
@@ -69,7 +62,7 @@ pub trait LedgerStore: Send + Sync + 'static {
     fn append(
         &self,
         entries: &[Entry],
-        requests: &[(String, RequestRecord)],
+        requests: &[RequestRecord],
         checkpoint: Option<Vec<u8>>,
     ) -> Result<(), StoreError>;
 
@@ -91,21 +84,10 @@ pub trait LedgerStore: Send + Sync + 'static {
         Ok(self.len()? == 0)
     }
 
-    /// The record of a submitted request id, looked up in two steps so that
-    /// a caller can do the slow read before it takes its lock: this one
-    /// reads, [`LedgerStore::request_confirm`] confirms under the lock.
-    fn request_lookup(&self, request_id: &str) -> Result<RequestLookup, StoreError>;
-
-    /// The record of `request_id` now, given an earlier `lookup` of it, for a
-    /// caller that has since made sure no other thread can write that id
-    /// (the ledger holds its lock and checked its own queue). Records never
-    /// change once written, so a found record stands; a miss is confirmed
-    /// from memory unless writes may have moved past the earlier read.
-    fn request_confirm(
-        &self,
-        request_id: &str,
-        lookup: RequestLookup,
-    ) -> Result<Option<RequestRecord>, StoreError>;
+    /// The record of a submitted request id, if one was appended. Cheap
+    /// enough to call under the ledger's lock: the store keeps an in-memory
+    /// index and reads only to confirm a match.
+    fn request(&self, request_id: &str) -> Result<Option<RequestRecord>, StoreError>;
 
     /// A metadata value.
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;

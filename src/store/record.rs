@@ -188,6 +188,10 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, RecordError> {
 /// What is remembered of a submitted request, for idempotent retries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestRecord {
+    /// The submitted `request_id`. (Format 2 kept it only in the record's
+    /// key, hence the default when such a record is read for migration.)
+    #[serde(default)]
+    pub request_id: String,
     /// Seq of the entry that recorded the decision.
     pub seq: u64,
     /// Canonical hash of the submitted request object.

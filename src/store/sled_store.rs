@@ -6,9 +6,16 @@
 //!
 //! ```text
 //! c <first seq: 8 bytes BE>   a chunk of consecutive entries
-//! r <request_id bytes>        request record (JSON)
+//! s <first seq: 8 bytes BE>   the request records of one append (in seq order)
+//! f <first seq: 8 bytes BE>   request-id fingerprints of up to 4096 entries
 //! m <name>                    metadata (format version, kernel id, head, checkpoint)
 //! ```
+//!
+//! Every key is written in seq order, so sled's pages fill up and stay few.
+//! Request ids are found through an in-memory [`RequestIndex`], persisted as
+//! `f` blocks with each state checkpoint; opening loads the blocks and adds
+//! the records appended since from the `s` keys. (Format 2 kept one
+//! `r <request_id>` key per request; [`migrate_request_records`] converts them.)
 //!
 //! Entries are stored in chunks of up to [`CHUNK_ENTRIES`] consecutive
 //! entries (one group commit's worth), because a sled insert costs several
@@ -37,10 +44,11 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::record::{self, RequestRecord};
+use super::request_index::{RequestIndex, fingerprint};
 use sled::IVec;
 
 use super::wal::Wal;
-use super::{LedgerStore, RequestLookup, Scan, StoreError, meta};
+use super::{LedgerStore, Scan, StoreError, meta};
 use crate::entry::Entry;
 
 const CHUNK: u8 = b'c';
@@ -53,7 +61,13 @@ pub const CHUNK_ENTRIES: usize = 64;
 /// segment) to a blob file, which its cache then counts as a few bytes and
 /// never evicts; 4 KiB chunks keep every leaf well below that.
 pub const CHUNK_BYTES: usize = 4 * 1024;
+/// Format 2's per-request keys (read only by the migration to format 3).
 const REQUEST: u8 = b'r';
+const REQUESTS: u8 = b's';
+const REQUESTS_VERSION: u8 = 1;
+const FINGERPRINTS: u8 = b'f';
+/// Entries per `f` block (16 KiB of fingerprints).
+const FINGERPRINT_BLOCK: u64 = 4096;
 const META: u8 = b'm';
 
 /// Tuning of the sled engine.
@@ -117,8 +131,6 @@ struct ApplyQueue {
     overlay: BTreeMap<IVec, IVec>,
     /// Writes put in sled so far.
     applied: u64,
-    /// Counts the times keys left `overlay` (they were then in sled).
-    moved: u64,
     /// Why sled refused a write: the applier stops, appends fail (the
     /// ledger closes), and the write-ahead log keeps everything for replay.
     failed: Option<String>,
@@ -137,11 +149,19 @@ const APPLY_BACKLOG: usize = 256 * 1024;
 
 type Syncer = (std::thread::JoinHandle<()>, Arc<(Mutex<bool>, Condvar)>);
 
+/// The request index and how much of it `f` blocks hold.
+struct Index {
+    index: RequestIndex,
+    /// Entries whose fingerprints are in `f` blocks.
+    persisted: u64,
+}
+
 /// The sled-backed store.
 pub struct SledStore {
     tree: sled::Tree,
     path: PathBuf,
     durability: Arc<Durability>,
+    index: Mutex<Index>,
     syncer: Option<Syncer>,
     applier: Option<std::thread::JoinHandle<()>>,
 }
@@ -165,11 +185,15 @@ fn engine(e: sled::Error) -> StoreError {
     StoreError::Engine(e.to_string())
 }
 
-fn chunk_key(first_seq: u64) -> [u8; 9] {
+fn seq_key(prefix: u8, seq: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
-    k[0] = CHUNK;
-    k[1..].copy_from_slice(&first_seq.to_be_bytes());
+    k[0] = prefix;
+    k[1..].copy_from_slice(&seq.to_be_bytes());
     k
+}
+
+fn chunk_key(first_seq: u64) -> [u8; 9] {
+    seq_key(CHUNK, first_seq)
 }
 
 fn key_seq(key: &[u8]) -> Result<u64, StoreError> {
@@ -240,6 +264,50 @@ fn encode_chunks(entries: &[Entry]) -> Vec<(u64, Vec<u8>)> {
 fn finish_chunk((first, mut bytes, n): (u64, Vec<u8>, u32)) -> (u64, Vec<u8>) {
     bytes[1..5].copy_from_slice(&n.to_be_bytes());
     (first, bytes)
+}
+
+/// The request records of one append: `[version 1][count: u32 BE]`, then
+/// per record `[len: u32 BE]` and its JSON.
+fn encode_requests(requests: &[RequestRecord]) -> Vec<u8> {
+    let mut out = vec![REQUESTS_VERSION];
+    out.extend_from_slice(&(requests.len() as u32).to_be_bytes());
+    for r in requests {
+        let json = serde_json::to_vec(r).expect("request records serialize");
+        out.extend_from_slice(&(json.len() as u32).to_be_bytes());
+        out.extend_from_slice(&json);
+    }
+    out
+}
+
+/// The records of a request block (see [`encode_requests`]).
+fn decode_requests(first_seq: u64, bytes: &[u8]) -> Result<Vec<RequestRecord>, StoreError> {
+    let bad = |what: String| {
+        StoreError::Engine(format!(
+            "request records stored at entry {first_seq} are unreadable: {what}"
+        ))
+    };
+    if bytes.len() < 5 || bytes[0] != REQUESTS_VERSION {
+        return Err(bad("bad header".into()));
+    }
+    let count = u32::from_be_bytes(bytes[1..5].try_into().expect("4 bytes")) as usize;
+    let mut out = Vec::with_capacity(count.min(bytes.len()));
+    let mut at = 5;
+    for _ in 0..count {
+        let len = bytes
+            .get(at..at + 4)
+            .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize)
+            .ok_or_else(|| bad("truncated".into()))?;
+        at += 4;
+        let json = bytes
+            .get(at..at + len)
+            .ok_or_else(|| bad("truncated".into()))?;
+        out.push(serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?);
+        at += len;
+    }
+    if at != bytes.len() {
+        return Err(bad("trailing bytes".into()));
+    }
+    Ok(out)
 }
 
 fn prefixed(prefix: u8, name: &[u8]) -> Vec<u8> {
@@ -313,6 +381,7 @@ impl SledStore {
             durability.sync_sled()?;
         }
         durability.wal.remove_older_generations()?;
+        let index = load_index(&tree)?;
         // Fault injection for the crash tests: die right after an open
         // (which may have replayed and dropped log generations).
         if std::env::var_os(ABORT_AFTER_OPEN).is_some() {
@@ -337,10 +406,111 @@ impl SledStore {
             tree,
             path: path.to_owned(),
             durability,
+            index: Mutex::new(index),
             syncer: Some((handle, stop)),
             applier: Some(applier),
         })
     }
+
+    /// The request index, for reading or updating.
+    fn index(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The number of entries stored in `tree` (read directly: only on open).
+fn stored_len(tree: &sled::Tree) -> Result<u64, StoreError> {
+    match tree
+        .range(chunk_key(0)..=chunk_key(u64::MAX))
+        .next_back()
+        .transpose()
+        .map_err(engine)?
+    {
+        Some((k, chunk)) => Ok(key_seq(&k)? + chunk_count(&chunk)),
+        None => Ok(0),
+    }
+}
+
+/// Builds the request index of a just opened tree: the persisted `f`
+/// blocks, then the request records appended after them.
+fn load_index(tree: &sled::Tree) -> Result<Index, StoreError> {
+    let len = stored_len(tree)?;
+    let mut index = RequestIndex::with_capacity(len as usize);
+    index.reserve(len as usize);
+    for item in tree.range(seq_key(FINGERPRINTS, 0)..=seq_key(FINGERPRINTS, u64::MAX)) {
+        let (k, v) = item.map_err(engine)?;
+        // A gap (or a block of the wrong shape) ends what the blocks can
+        // say; the records give the rest.
+        if index.load_range(key_seq(&k)?, &v).is_none() {
+            break;
+        }
+    }
+    index.truncate(len);
+    let persisted = index.len();
+    let from = index.len();
+    let start = tree
+        .range(seq_key(REQUESTS, 0)..=seq_key(REQUESTS, from))
+        .next_back()
+        .transpose()
+        .map_err(engine)?
+        .map(|(k, _)| key_seq(&k))
+        .transpose()?
+        .unwrap_or(from);
+    for item in tree.range(seq_key(REQUESTS, start)..=seq_key(REQUESTS, u64::MAX)) {
+        let (k, v) = item.map_err(engine)?;
+        nudge_cache(tree, &k, SCAN_NUDGES);
+        for r in decode_requests(key_seq(&k)?, &v)? {
+            if r.seq >= index.len() && r.seq < len {
+                index.insert(r.seq, fingerprint(&r.request_id));
+            }
+        }
+    }
+    index.extend_to(len);
+    Ok(Index { index, persisted })
+}
+
+/// Upgrades the sled database at `path` from storage format 2 to 3: each
+/// `r <request_id>` record becomes an `s` record keyed by its entry's seq
+/// (in the same sled batch as the removal of the old key, so an interrupted
+/// run can be run again), then every fingerprint is written as `f` blocks
+/// and sled is made durable.
+pub fn migrate_request_records(path: &Path) -> Result<(), StoreError> {
+    let store = SledStore::open(path, &SledOptions::default())?;
+    let tree = &store.tree;
+    loop {
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for item in tree.scan_prefix([REQUEST]).take(1024) {
+            let (k, v) = item.map_err(engine)?;
+            let request_id = String::from_utf8(k[1..].to_vec())
+                .map_err(|_| StoreError::Engine("a format 2 request key is not UTF-8".into()))?;
+            let mut record: RequestRecord = serde_json::from_slice(&v).map_err(|e| {
+                StoreError::Engine(format!("format 2 request record of {request_id:?}: {e}"))
+            })?;
+            record.request_id = request_id;
+            batch.insert(
+                &seq_key(REQUESTS, record.seq)[..],
+                encode_requests(std::slice::from_ref(&record)),
+            );
+            batch.remove(k);
+            n += 1;
+        }
+        if n == 0 {
+            break;
+        }
+        tree.apply_batch(batch).map_err(engine)?;
+    }
+    let Index { index, .. } = load_index(tree)?;
+    let mut batch = sled::Batch::default();
+    for start in (0..index.len()).step_by(FINGERPRINT_BLOCK as usize) {
+        batch.insert(
+            &seq_key(FINGERPRINTS, start)[..],
+            index.encode_range(start, start + FINGERPRINT_BLOCK),
+        );
+    }
+    batch.insert(prefixed(META, meta::FORMAT.as_bytes()), &b"3"[..]);
+    tree.apply_batch(batch).map_err(engine)?;
+    store.durability.sync_sled()
 }
 
 /// Where the write-ahead log of the sled database at `path` lives.
@@ -499,15 +669,6 @@ impl Durability {
             sled_batch.insert(k.clone(), v.clone());
         }
         let result = self.tree.apply_batch(sled_batch).map_err(engine);
-        if result.is_ok() {
-            // Request records land on random leaves: keep sled's cache
-            // accounting current, as a scan does (see `nudge_cache`).
-            for (k, _) in &batch {
-                if k.first() == Some(&REQUEST) {
-                    nudge_cache(&self.tree, k, WRITE_NUDGES);
-                }
-            }
-        }
         let mut q = self.applier.queue.lock().unwrap_or_else(|p| p.into_inner());
         match &result {
             Ok(()) => {
@@ -516,7 +677,6 @@ impl Durability {
                         q.overlay.remove(k);
                     }
                 }
-                q.moved += 1;
                 q.applied += batch.len() as u64;
             }
             Err(e) => {
@@ -558,7 +718,13 @@ impl Durability {
 
     /// The newest chunk starting at or before `seq`, from the overlay or sled.
     fn chunk_at_or_before(&self, seq: u64) -> Result<Option<(u64, IVec)>, StoreError> {
-        let (low, high) = (chunk_key(0), chunk_key(seq));
+        self.newest_at_or_before(CHUNK, seq)
+    }
+
+    /// The value of the last `prefix` key at or before `seq`, from the
+    /// overlay or sled.
+    fn newest_at_or_before(&self, prefix: u8, seq: u64) -> Result<Option<(u64, IVec)>, StoreError> {
+        let (low, high) = (seq_key(prefix, 0), seq_key(prefix, seq));
         // The overlay first: a key leaves it only once it is in sled.
         let queued = {
             let q = self.applier.queue.lock().unwrap_or_else(|p| p.into_inner());
@@ -639,13 +805,7 @@ impl Durability {
     }
 }
 
-fn parse_request(request_id: &str, bytes: &[u8]) -> Result<RequestRecord, StoreError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| StoreError::Engine(format!("request record of {request_id:?}: {e}")))
-}
-
-/// Keeps sled's cache bounded while a scan (or the writes of request
-/// records, which land on random leaves) touches each leaf about once.
+/// Keeps sled's cache bounded while a scan touches each leaf about once.
 ///
 /// sled 0.34.7 (`lru.rs`) spreads cache accounting over 256 groups and
 /// applies a group's recorded reads, evicting what is over capacity, only
@@ -666,21 +826,6 @@ fn nudge_cache(tree: &sled::Tree, key: &[u8], times: usize) {
 
 /// Extra reads of each chunk key during a scan (see [`nudge_cache`]).
 const SCAN_NUDGES: usize = 4;
-/// Extra reads of each request record written (see [`nudge_cache`]).
-const WRITE_NUDGES: usize = 8;
-
-impl SledStore {
-    /// The record of a submitted request id, from the overlay or sled.
-    pub fn request(&self, request_id: &str) -> Result<Option<RequestRecord>, StoreError> {
-        match self
-            .durability
-            .value(&prefixed(REQUEST, request_id.as_bytes()))?
-        {
-            None => Ok(None),
-            Some(v) => parse_request(request_id, &v).map(Some),
-        }
-    }
-}
 
 /// Splits one chunk into `(seq, record)` items within `from..to`.
 fn chunk_items(
@@ -703,16 +848,44 @@ impl LedgerStore for SledStore {
     fn append(
         &self,
         entries: &[Entry],
-        requests: &[(String, RequestRecord)],
+        requests: &[RequestRecord],
         checkpoint: Option<Vec<u8>>,
     ) -> Result<(), StoreError> {
-        let mut kvs: Vec<(IVec, IVec)> = Vec::with_capacity(requests.len() + 3);
+        let mut kvs: Vec<(IVec, IVec)> = Vec::with_capacity(8);
         for (first, chunk) in encode_chunks(entries) {
             kvs.push((IVec::from(&chunk_key(first)[..]), IVec::from(chunk)));
         }
-        for (id, rec) in requests {
-            let value = serde_json::to_vec(rec).expect("request records serialize");
-            kvs.push((prefixed(REQUEST, id.as_bytes()).into(), value.into()));
+        if let Some(first) = requests.first() {
+            kvs.push((
+                IVec::from(&seq_key(REQUESTS, first.seq)[..]),
+                encode_requests(requests).into(),
+            ));
+        }
+        // The index answers for these ids as soon as the overlay holds them.
+        let mut persist_to = None;
+        {
+            let mut index = self.index();
+            for r in requests {
+                index.index.insert(r.seq, fingerprint(&r.request_id));
+            }
+            if let Some(last) = entries.last() {
+                index.index.extend_to(last.ledger_seq + 1);
+            }
+            // With each checkpoint, the fingerprints not yet in `f` blocks.
+            if checkpoint.is_some() {
+                let to = index.index.len();
+                let from = index.persisted / FINGERPRINT_BLOCK * FINGERPRINT_BLOCK;
+                for start in (from..to).step_by(FINGERPRINT_BLOCK as usize) {
+                    kvs.push((
+                        IVec::from(&seq_key(FINGERPRINTS, start)[..]),
+                        index
+                            .index
+                            .encode_range(start, start + FINGERPRINT_BLOCK)
+                            .into(),
+                    ));
+                }
+                persist_to = Some(to);
+            }
         }
         if let Some(last) = entries.last() {
             let mut head = Vec::with_capacity(40);
@@ -729,7 +902,12 @@ impl LedgerStore for SledStore {
                 cp.into(),
             ));
         }
-        self.durability.queue_and_stage(kvs)
+        self.durability.queue_and_stage(kvs)?;
+        if let Some(to) = persist_to {
+            let mut index = self.index();
+            index.persisted = index.persisted.max(to);
+        }
+        Ok(())
     }
 
     fn commit(&self) -> Result<(), StoreError> {
@@ -798,49 +976,20 @@ impl LedgerStore for SledStore {
         })
     }
 
-    fn request_lookup(&self, request_id: &str) -> Result<RequestLookup, StoreError> {
-        // The marker first: a key that leaves the overlay after it was read
-        // changes it, and `request_confirm` then reads again.
-        let token = self
-            .durability
-            .applier
-            .queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .moved;
-        Ok(RequestLookup {
-            found: self.request(request_id)?,
-            token,
-        })
-    }
-
-    fn request_confirm(
-        &self,
-        request_id: &str,
-        lookup: RequestLookup,
-    ) -> Result<Option<RequestRecord>, StoreError> {
-        if lookup.found.is_some() {
-            return Ok(lookup.found);
-        }
-        let key = prefixed(REQUEST, request_id.as_bytes());
-        let queued = {
-            let q = self
-                .durability
-                .applier
-                .queue
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            match q.overlay.get(&key[..]) {
-                Some(v) => Some(v.clone()),
-                // Nothing moved to sled since the lookup: its miss stands.
-                None if q.moved == lookup.token => return Ok(None),
-                None => None,
+    fn request(&self, request_id: &str) -> Result<Option<RequestRecord>, StoreError> {
+        let candidates = self.index().index.candidates(request_id);
+        for seq in candidates {
+            let Some((first, block)) = self.durability.newest_at_or_before(REQUESTS, seq)? else {
+                continue;
+            };
+            let found = decode_requests(first, &block)?
+                .into_iter()
+                .find(|r| r.seq == seq && r.request_id == request_id);
+            if found.is_some() {
+                return Ok(found);
             }
-        };
-        match queued {
-            Some(v) => parse_request(request_id, &v).map(Some),
-            None => self.request(request_id),
         }
+        Ok(None)
     }
 
     fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -887,53 +1036,112 @@ mod tests {
         assert_eq!(seqs, (0..200).collect::<Vec<_>>());
     }
 
-    #[test]
-    fn a_lookup_confirmed_later_sees_records_written_in_between() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = SledStore::open(tmp.path(), &SledOptions::default()).unwrap();
-        let record = |seq| RequestRecord {
+    fn record(id: &str, seq: u64) -> RequestRecord {
+        RequestRecord {
+            request_id: id.into(),
             seq,
-            content_hash: "h".into(),
+            content_hash: format!("h{seq}"),
             status: crate::kernel::Status::Accepted,
             tool_result: None,
-        };
-        let entries = chain(2);
-        // Looked up before it is written; confirmed while it waits in the
-        // overlay, and again once it has moved to sled.
-        let early = store.request_lookup("a").unwrap();
-        assert!(early.found.is_none());
-        store
-            .append(&entries[..1], &[("a".into(), record(0))], None)
-            .unwrap();
-        let late = store.request_lookup("b").unwrap();
-        assert_eq!(
-            store
-                .request_confirm("a", early.clone())
-                .unwrap()
-                .unwrap()
-                .seq,
-            0
-        );
-        store
-            .append(&entries[1..], &[("b".into(), record(1))], None)
-            .unwrap();
-        // Two appends of three writes each: chunk, request record, head.
-        store.durability.wait_applied(6).unwrap();
-        assert!(
-            store
-                .durability
-                .applier
-                .queue
-                .lock()
-                .unwrap()
-                .overlay
-                .is_empty()
-        );
-        assert_eq!(store.request_confirm("a", early).unwrap().unwrap().seq, 0);
-        assert_eq!(store.request_confirm("b", late).unwrap().unwrap().seq, 1);
-        // A miss that nothing moved past stands without reading sled.
-        let miss = store.request_lookup("c").unwrap();
-        assert!(store.request_confirm("c", miss).unwrap().is_none());
+        }
+    }
+
+    /// Appends `entries` in batches of `batch`, every third entry a request
+    /// `req-<seq>`, with a checkpoint at each seq listed.
+    fn append_with_requests(store: &SledStore, entries: &[Entry], batch: usize, cps: &[u64]) {
+        for part in entries.chunks(batch) {
+            let requests: Vec<RequestRecord> = part
+                .iter()
+                .filter(|e| e.ledger_seq % 3 == 0)
+                .map(|e| record(&format!("req-{}", e.ledger_seq), e.ledger_seq))
+                .collect();
+            let last = part.last().unwrap().ledger_seq;
+            let cp = cps
+                .iter()
+                .any(|c| part[0].ledger_seq <= *c && *c <= last)
+                .then(|| b"cp".to_vec());
+            store.append(part, &requests, cp).unwrap();
+        }
+        store.commit().unwrap();
+    }
+
+    fn assert_requests(store: &SledStore, n: u64) {
+        for seq in 0..n {
+            let found = store.request(&format!("req-{seq}")).unwrap();
+            if seq % 3 == 0 {
+                assert_eq!(found, Some(record(&format!("req-{seq}"), seq)));
+            } else {
+                assert_eq!(found, None, "req-{seq} was never submitted");
+            }
+        }
+    }
+
+    #[test]
+    fn requests_are_found_before_and_after_they_reach_sled_and_a_reopen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let entries = chain(9_000);
+        {
+            let store = SledStore::open(tmp.path(), &SledOptions::default()).unwrap();
+            // Checkpoints (and so `f` blocks) at 5000 and 8200; the rest of
+            // the records must come from the `s` keys on reopen.
+            append_with_requests(&store, &entries, 37, &[5_000, 8_200]);
+            assert_requests(&store, 9_000);
+            let applied = *store.durability.applier.gate.lock().unwrap();
+            store.durability.wait_applied(applied).unwrap();
+            assert!(
+                store
+                    .durability
+                    .applier
+                    .queue
+                    .lock()
+                    .unwrap()
+                    .overlay
+                    .is_empty()
+            );
+            assert_requests(&store, 9_000);
+            assert_eq!(store.index().persisted, 8_214);
+        }
+        let store = SledStore::open(tmp.path(), &SledOptions::default()).unwrap();
+        assert_eq!(store.index().persisted, 8_214);
+        assert_eq!(store.index().index.len(), 9_000);
+        assert_requests(&store, 9_000);
+        // A fingerprint match alone is not a hit: the id is compared.
+        store.index().index.insert(9_000, fingerprint("req-1"));
+        assert_eq!(store.request("req-1").unwrap(), None);
+    }
+
+    #[test]
+    fn a_format_2_store_is_migrated_and_a_second_run_changes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let entries = chain(500);
+        {
+            let store = SledStore::open(tmp.path(), &SledOptions::default()).unwrap();
+            store.append(&entries, &[], None).unwrap();
+            store.commit().unwrap();
+            // Format 2's records: one `r <request_id>` key each, no id inside.
+            for seq in (0..500).step_by(3) {
+                let mut json = serde_json::to_value(record("", seq)).unwrap();
+                json.as_object_mut().unwrap().remove("request_id");
+                store
+                    .tree
+                    .insert(
+                        prefixed(REQUEST, format!("req-{seq}").as_bytes()),
+                        serde_json::to_vec(&json).unwrap(),
+                    )
+                    .unwrap();
+            }
+        }
+        for _ in 0..2 {
+            migrate_request_records(tmp.path()).unwrap();
+            let store = SledStore::open(tmp.path(), &SledOptions::default()).unwrap();
+            assert_eq!(store.tree.scan_prefix([REQUEST]).count(), 0);
+            assert_eq!(store.index().persisted, 500);
+            assert_requests(&store, 500);
+            assert_eq!(
+                store.meta(meta::FORMAT).unwrap().as_deref(),
+                Some(&b"3"[..])
+            );
+        }
     }
 
     #[test]
@@ -944,19 +1152,7 @@ mod tests {
             let store = SledStore::open(tmp.path(), &SledOptions::default()).unwrap();
             assert_eq!(store.len().unwrap(), 0);
             store
-                .append(
-                    &entries[..200],
-                    &[(
-                        "r1".into(),
-                        RequestRecord {
-                            seq: 1,
-                            content_hash: "h".into(),
-                            status: crate::kernel::Status::Accepted,
-                            tool_result: None,
-                        },
-                    )],
-                    None,
-                )
+                .append(&entries[..200], &[record("r1", 1)], None)
                 .unwrap();
             store
                 .append(&entries[200..], &[], Some(b"cp".to_vec()))
