@@ -435,8 +435,7 @@ fn stored_len(tree: &sled::Tree) -> Result<u64, StoreError> {
 /// blocks, then the request records appended after them.
 fn load_index(tree: &sled::Tree) -> Result<Index, StoreError> {
     let len = stored_len(tree)?;
-    let mut index = RequestIndex::with_capacity(len as usize);
-    index.reserve(len as usize);
+    let mut index = RequestIndex::default();
     for item in tree.range(seq_key(FINGERPRINTS, 0)..=seq_key(FINGERPRINTS, u64::MAX)) {
         let (k, v) = item.map_err(engine)?;
         // A gap (or a block of the wrong shape) ends what the blocks can
@@ -669,6 +668,13 @@ impl Durability {
             sled_batch.insert(k.clone(), v.clone());
         }
         let result = self.tree.apply_batch(sled_batch).map_err(engine);
+        if result.is_ok() {
+            // Written pages enter sled's cache like read ones: keep its
+            // accounting current so that they are evicted (see `nudge_cache`).
+            for (k, _) in &batch {
+                nudge_cache(&self.tree, k, WRITE_NUDGES);
+            }
+        }
         let mut q = self.applier.queue.lock().unwrap_or_else(|p| p.into_inner());
         match &result {
             Ok(()) => {
@@ -805,7 +811,8 @@ impl Durability {
     }
 }
 
-/// Keeps sled's cache bounded while a scan touches each leaf about once.
+/// Keeps sled's cache bounded while a scan (or the applier's writes)
+/// touches each leaf about once.
 ///
 /// sled 0.34.7 (`lru.rs`) spreads cache accounting over 256 groups and
 /// applies a group's recorded reads, evicting what is over capacity, only
@@ -826,6 +833,8 @@ fn nudge_cache(tree: &sled::Tree, key: &[u8], times: usize) {
 
 /// Extra reads of each chunk key during a scan (see [`nudge_cache`]).
 const SCAN_NUDGES: usize = 4;
+/// Extra reads of each key the applier writes (see [`nudge_cache`]).
+const WRITE_NUDGES: usize = 16;
 
 /// Splits one chunk into `(seq, record)` items within `from..to`.
 fn chunk_items(
