@@ -562,12 +562,14 @@ impl Durability {
     /// Makes everything applied to sled so far durable in sled, then drops
     /// the write-ahead log generations that are no longer needed.
     fn make_sled_durable(&self) -> Result<(), StoreError> {
+        // The new log file is created before the gate is taken: appends
+        // (and so commits) wait only for the swap.
+        let Some(next) = self.wal.prepare_rotation()? else {
+            return Ok(());
+        };
         let (closed, queued) = {
             let gate = self.applier.gate.lock().unwrap_or_else(|p| p.into_inner());
-            (self.wal.rotate()?, *gate)
-        };
-        let Some(closed) = closed else {
-            return Ok(());
+            (self.wal.rotate(next), *gate)
         };
         // Every batch of generation `closed` was queued before the rotation,
         // so once the applier reaches `queued` this flush covers it.

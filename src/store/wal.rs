@@ -37,6 +37,12 @@ struct State {
     committed: u64,
 }
 
+/// A generation file created ahead of a rotation ([`Wal::prepare_rotation`]).
+pub struct NextGeneration {
+    generation: u64,
+    file: File,
+}
+
 /// The write-ahead log.
 pub struct Wal {
     dir: PathBuf,
@@ -147,7 +153,14 @@ impl Wal {
             File::open(dir.join(file_name(*g)))?.read_to_end(&mut bytes)?;
             match read_generation(&bytes) {
                 Ok((found, torn)) => {
-                    if torn && i + 1 < gens.len() {
+                    // A rotation creates the next (empty) generation before
+                    // it switches to it, so a torn tail may be followed by
+                    // empty logs, but not by one holding data.
+                    let mut newer_holds_data = false;
+                    for newer in &gens[i + 1..] {
+                        newer_holds_data |= fs::metadata(dir.join(file_name(*newer)))?.len() > 0;
+                    }
+                    if torn && newer_holds_data {
                         return Err(StoreError::DataDir(format!(
                             "write-ahead log {} is damaged (a torn frame before a newer log); refusing to guess",
                             dir.join(file_name(*g)).display()
@@ -207,19 +220,35 @@ impl Wal {
         self.lock().committed
     }
 
-    /// Starts a new generation when the current one holds data; returns the
-    /// generation closed (every batch in it and before it is then older than
-    /// anything committed later).
-    pub fn rotate(&self) -> Result<Option<u64>, StoreError> {
+    /// Creates the file of the next generation, if the current one holds
+    /// data — the slow part of a rotation (a create and a directory fsync),
+    /// done before [`Wal::rotate`] without blocking commits. Only one
+    /// thread may rotate.
+    pub fn prepare_rotation(&self) -> Result<Option<NextGeneration>, StoreError> {
+        let next = {
+            let s = self.lock();
+            if s.committed == 0 {
+                return Ok(None);
+            }
+            s.generation + 1
+        };
+        Ok(Some(NextGeneration {
+            generation: next,
+            file: new_generation(&self.dir, next)?,
+        }))
+    }
+
+    /// Starts the prepared generation; returns the generation closed (every
+    /// batch in it and before it is then older than anything committed
+    /// later).
+    pub fn rotate(&self, next: NextGeneration) -> u64 {
         let mut s = self.lock();
-        if s.committed == 0 {
-            return Ok(None);
-        }
+        debug_assert_eq!(s.generation + 1, next.generation, "one rotating thread");
         let old = s.generation;
-        s.generation += 1;
-        s.file = new_generation(&self.dir, s.generation)?;
+        s.generation = next.generation;
+        s.file = next.file;
         s.committed = 0;
-        Ok(Some(old))
+        old
     }
 
     /// Deletes every generation older than the current one (after their
@@ -283,7 +312,7 @@ mod tests {
         assert_eq!(back, vec![batch(1), batch(2)]);
         stage(&wal, &batch(4));
         wal.commit().unwrap();
-        let closed = wal.rotate().unwrap().unwrap();
+        let closed = wal.rotate(wal.prepare_rotation().unwrap().unwrap());
         wal.remove_through(closed).unwrap();
         drop(wal);
         let (_, back) = Wal::open(tmp.path()).unwrap();
@@ -304,8 +333,17 @@ mod tests {
         let full = fs::read(&path).unwrap();
         // Torn: cut inside the second frame.
         fs::write(&path, &full[..full.len() - 10]).unwrap();
+        // A crash between creating the next generation and switching to it
+        // leaves it empty after the torn one: still just a torn tail.
+        fs::write(tmp.path().join(file_name(2)), b"").unwrap();
         let (_, back) = Wal::open(tmp.path()).unwrap();
         assert_eq!(back, vec![batch(1)]);
+        // (That open started generation 3 and left 1 and 2 for the caller.)
+        fs::remove_file(tmp.path().join(file_name(2))).unwrap();
+        fs::remove_file(tmp.path().join(file_name(3))).unwrap();
+        // But a torn frame followed by a log holding data is damage.
+        fs::write(tmp.path().join(file_name(2)), &full).unwrap();
+        assert!(Wal::open(tmp.path()).is_err());
         // Damaged: a flipped byte in the first frame, with more after it.
         let tmp = tempfile::tempdir().unwrap();
         let g0 = tmp.path().join(file_name(1));
