@@ -37,7 +37,8 @@ fn fail(waiters: Vec<Waiter>, reason: &str) {
 /// How long a busy flusher lets a batch grow before it commits it.
 const COMMIT_LINGER: std::time::Duration = std::time::Duration::from_micros(300);
 /// The flusher lingers when the last batch had at least this many entries
-/// (several submitters are waiting); a lone submitter never waits for it.
+/// (several submitters are waiting); a lone submitter waits for it at most
+/// once, right after a burst.
 const LINGER_FROM: usize = 4;
 
 /// Runs until the ledger shuts down (after committing what is pending).

@@ -84,9 +84,10 @@ pub trait LedgerStore: Send + Sync + 'static {
         Ok(self.len()? == 0)
     }
 
-    /// The record of a submitted request id, if one was appended. Cheap
-    /// enough to call under the ledger's lock: the store keeps an in-memory
-    /// index and reads only to confirm a match.
+    /// The record of a submitted request id, if one was appended. Meant to
+    /// be called under the ledger's lock: the store keeps an in-memory index
+    /// and reads only to confirm a match (a retry, or a rare fingerprint
+    /// collision).
     fn request(&self, request_id: &str) -> Result<Option<RequestRecord>, StoreError>;
 
     /// A metadata value.

@@ -66,8 +66,9 @@ const REQUEST: u8 = b'r';
 const REQUESTS: u8 = b's';
 const REQUESTS_VERSION: u8 = 1;
 const FINGERPRINTS: u8 = b'f';
-/// Entries per `f` block (16 KiB of fingerprints).
-const FINGERPRINT_BLOCK: u64 = 4096;
+/// Entries per `f` block: 4 KiB of fingerprints, like a chunk (a sled leaf
+/// of bigger values passes its blob threshold and is never evicted).
+const FINGERPRINT_BLOCK: u64 = 1024;
 const META: u8 = b'm';
 
 /// Tuning of the sled engine.
@@ -269,12 +270,50 @@ fn finish_chunk((first, mut bytes, n): (u64, Vec<u8>, u32)) -> (u64, Vec<u8>) {
 /// The request records of one append: `[version 1][count: u32 BE]`, then
 /// per record `[len: u32 BE]` and its JSON.
 fn encode_requests(requests: &[RequestRecord]) -> Vec<u8> {
-    let mut out = vec![REQUESTS_VERSION];
-    out.extend_from_slice(&(requests.len() as u32).to_be_bytes());
+    let json: Vec<Vec<u8>> = requests.iter().map(request_json).collect();
+    encode_request_block(&json)
+}
+
+fn request_json(r: &RequestRecord) -> Vec<u8> {
+    serde_json::to_vec(r).expect("request records serialize")
+}
+
+fn encode_request_block(json: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + json.iter().map(|j| 4 + j.len()).sum::<usize>());
+    out.push(REQUESTS_VERSION);
+    out.extend_from_slice(&(json.len() as u32).to_be_bytes());
+    for j in json {
+        out.extend_from_slice(&(j.len() as u32).to_be_bytes());
+        out.extend_from_slice(j);
+    }
+    out
+}
+
+/// The request records of one append as blocks of at most [`CHUNK_ENTRIES`]
+/// records and [`CHUNK_BYTES`] (unless one record is bigger), like chunks,
+/// to keep sled leaves out of blob files; each keyed by its first seq.
+fn request_blocks(requests: &[RequestRecord]) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut block: Vec<Vec<u8>> = Vec::new();
+    let mut first = 0;
+    let mut bytes = 5;
     for r in requests {
-        let json = serde_json::to_vec(r).expect("request records serialize");
-        out.extend_from_slice(&(json.len() as u32).to_be_bytes());
-        out.extend_from_slice(&json);
+        let json = request_json(r);
+        if !block.is_empty()
+            && (block.len() >= CHUNK_ENTRIES || bytes + 4 + json.len() > CHUNK_BYTES)
+        {
+            out.push((first, encode_request_block(&block)));
+            block.clear();
+            bytes = 5;
+        }
+        if block.is_empty() {
+            first = r.seq;
+        }
+        bytes += 4 + json.len();
+        block.push(json);
+    }
+    if !block.is_empty() {
+        out.push((first, encode_request_block(&block)));
     }
     out
 }
@@ -436,15 +475,34 @@ fn stored_len(tree: &sled::Tree) -> Result<u64, StoreError> {
 fn load_index(tree: &sled::Tree) -> Result<Index, StoreError> {
     let len = stored_len(tree)?;
     let mut index = RequestIndex::default();
+    let mut starts = Vec::new();
     for item in tree.range(seq_key(FINGERPRINTS, 0)..=seq_key(FINGERPRINTS, u64::MAX)) {
         let (k, v) = item.map_err(engine)?;
         // A gap (or a block of the wrong shape) ends what the blocks can
         // say; the records give the rest.
-        if index.load_range(key_seq(&k)?, &v).is_none() {
+        let start = key_seq(&k)?;
+        if index.load_range(start, &v).is_none() {
             break;
         }
+        starts.push(start);
     }
-    index.truncate(len);
+    // Blocks reaching past the stored entries cannot be trusted (they
+    // cannot happen: entries are written first, in the same batch), nor can
+    // any after a gap: drop them, and take those entries from the records.
+    let cut = if index.len() > len {
+        starts.into_iter().filter(|s| *s <= len).max().unwrap_or(0)
+    } else {
+        index.len()
+    };
+    let stale: Vec<IVec> = tree
+        .range(seq_key(FINGERPRINTS, cut)..=seq_key(FINGERPRINTS, u64::MAX))
+        .keys()
+        .collect::<Result<_, _>>()
+        .map_err(engine)?;
+    for key in stale {
+        tree.remove(key).map_err(engine)?;
+    }
+    index.truncate(cut);
     let persisted = index.len();
     let from = index.len();
     let start = tree
@@ -466,6 +524,46 @@ fn load_index(tree: &sled::Tree) -> Result<Index, StoreError> {
     }
     index.extend_to(len);
     Ok(Index { index, persisted })
+}
+
+/// Merges runs of small `s` blocks (the migration writes one per record)
+/// into blocks of up to [`CHUNK_ENTRIES`] records or [`CHUNK_BYTES`], as
+/// appends write them: a million one-record keys would keep some 15 MiB more
+/// of sled's page bookkeeping in memory. Each merge is one sled batch (the
+/// merged block in, the keys it replaces out), so an interrupted run loses
+/// nothing and a second run finishes the work.
+fn group_request_records(tree: &sled::Tree) -> Result<(), StoreError> {
+    let mut from = 0u64;
+    loop {
+        let mut keys = Vec::new();
+        let mut records = Vec::new();
+        let mut bytes = 0;
+        for item in tree.range(seq_key(REQUESTS, from)..=seq_key(REQUESTS, u64::MAX)) {
+            let (k, v) = item.map_err(engine)?;
+            nudge_cache(tree, &k, SCAN_NUDGES);
+            let block = decode_requests(key_seq(&k)?, &v)?;
+            if !records.is_empty()
+                && (records.len() + block.len() > CHUNK_ENTRIES || bytes + v.len() > CHUNK_BYTES)
+            {
+                break;
+            }
+            bytes += v.len();
+            keys.push(k);
+            records.extend(block);
+        }
+        let Some(last) = records.last() else {
+            return Ok(());
+        };
+        from = last.seq + 1;
+        if keys.len() > 1 {
+            let mut batch = sled::Batch::default();
+            for k in &keys[1..] {
+                batch.remove(k.clone());
+            }
+            batch.insert(keys[0].clone(), encode_requests(&records));
+            tree.apply_batch(batch).map_err(engine)?;
+        }
+    }
 }
 
 /// Upgrades the sled database at `path` from storage format 2 to 3: each
@@ -499,6 +597,7 @@ pub fn migrate_request_records(path: &Path) -> Result<(), StoreError> {
         }
         tree.apply_batch(batch).map_err(engine)?;
     }
+    group_request_records(tree)?;
     let Index { index, .. } = load_index(tree)?;
     let mut batch = sled::Batch::default();
     for start in (0..index.len()).step_by(FINGERPRINT_BLOCK as usize) {
@@ -866,18 +965,19 @@ impl LedgerStore for SledStore {
         for (first, chunk) in encode_chunks(entries) {
             kvs.push((IVec::from(&chunk_key(first)[..]), IVec::from(chunk)));
         }
-        if let Some(first) = requests.first() {
-            kvs.push((
-                IVec::from(&seq_key(REQUESTS, first.seq)[..]),
-                encode_requests(requests).into(),
-            ));
+        for (first, block) in request_blocks(requests) {
+            kvs.push((IVec::from(&seq_key(REQUESTS, first)[..]), block.into()));
         }
         // The index answers for these ids as soon as the overlay holds them.
         let mut persist_to = None;
+        let fingerprints: Vec<(u64, u32)> = requests
+            .iter()
+            .map(|r| (r.seq, fingerprint(&r.request_id)))
+            .collect();
         {
             let mut index = self.index();
-            for r in requests {
-                index.index.insert(r.seq, fingerprint(&r.request_id));
+            for (seq, fp) in fingerprints {
+                index.index.insert(seq, fp);
             }
             if let Some(last) = entries.last() {
                 index.index.extend_to(last.ledger_seq + 1);
@@ -1114,11 +1214,69 @@ mod tests {
         }
         let store = SledStore::open(tmp.path(), &SledOptions::default()).unwrap();
         assert_eq!(store.index().persisted, 8_214);
+        // `f` blocks are 4 KiB, like chunks.
+        for v in store.tree.scan_prefix([FINGERPRINTS]).values() {
+            assert!(v.unwrap().len() <= CHUNK_BYTES);
+        }
         assert_eq!(store.index().index.len(), 9_000);
         assert_requests(&store, 9_000);
         // A fingerprint match alone is not a hit: the id is compared.
         store.index().index.insert(9_000, fingerprint("req-1"));
         assert_eq!(store.request("req-1").unwrap(), None);
+    }
+
+    #[test]
+    fn request_blocks_are_bounded_and_keep_every_record_in_order() {
+        let mut records: Vec<RequestRecord> = (0..300)
+            .map(|seq| record(&format!("req-{seq}"), seq))
+            .collect();
+        // One record bigger than a block on its own.
+        records[150].tool_result = Some(serde_json::json!("x".repeat(2 * CHUNK_BYTES)));
+        let blocks = request_blocks(&records);
+        let mut back = Vec::new();
+        for (first, block) in &blocks {
+            let decoded = decode_requests(*first, block).unwrap();
+            assert_eq!(decoded[0].seq, *first);
+            assert!(block.len() <= CHUNK_BYTES || decoded.len() == 1);
+            assert!(decoded.len() <= CHUNK_ENTRIES);
+            back.extend(decoded);
+        }
+        assert_eq!(back, records);
+        assert!(blocks.len() > 300 / CHUNK_ENTRIES);
+    }
+
+    #[test]
+    fn fingerprint_blocks_past_the_stored_entries_are_dropped_on_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let entries = chain(3_000);
+        {
+            let store = SledStore::open(tmp.path(), &SledOptions::default()).unwrap();
+            append_with_requests(&store, &entries, 50, &[2_500]);
+            let queued = *store.durability.applier.gate.lock().unwrap();
+            store.durability.wait_applied(queued).unwrap();
+            // A block claiming entries 3072.. that do not exist (and, when
+            // they do, would hide their records): wrong fingerprints.
+            store
+                .tree
+                .insert(&seq_key(FINGERPRINTS, 3_072)[..], vec![7u8; 4096])
+                .unwrap();
+            store
+                .tree
+                .insert(&seq_key(FINGERPRINTS, 2_048)[..], vec![7u8; 4096])
+                .unwrap();
+        }
+        let store = SledStore::open(tmp.path(), &SledOptions::default()).unwrap();
+        // Blocks 0 and 1024 stand; 2048 reached past the end: it and
+        // everything after it are gone, and the records filled in.
+        assert_eq!(store.index().persisted, 2_048);
+        assert_eq!(
+            store
+                .tree
+                .range(seq_key(FINGERPRINTS, 2_048)..=seq_key(FINGERPRINTS, u64::MAX))
+                .count(),
+            0
+        );
+        assert_requests(&store, 3_000);
     }
 
     #[test]
@@ -1146,6 +1304,9 @@ mod tests {
             migrate_request_records(tmp.path()).unwrap();
             let store = SledStore::open(tmp.path(), &SledOptions::default()).unwrap();
             assert_eq!(store.tree.scan_prefix([REQUEST]).count(), 0);
+            // The 167 one-record blocks the conversion wrote were merged.
+            let blocks = store.tree.scan_prefix([REQUESTS]).count();
+            assert!((3..20).contains(&blocks), "{blocks} request blocks");
             assert_eq!(store.index().persisted, 500);
             assert_requests(&store, 500);
             assert_eq!(

@@ -155,7 +155,9 @@ impl Wal {
                 Ok((found, torn)) => {
                     // A rotation creates the next (empty) generation before
                     // it switches to it, so a torn tail may be followed by
-                    // empty logs, but not by one holding data.
+                    // empty logs, but not by one holding data. (Such a tail
+                    // is taken for a crash mid-write, as in the newest log:
+                    // its frame was never acknowledged.)
                     let mut newer_holds_data = false;
                     for newer in &gens[i + 1..] {
                         newer_holds_data |= fs::metadata(dir.join(file_name(*newer)))?.len() > 0;
