@@ -242,10 +242,20 @@ fn chunk_count(chunk: &[u8]) -> u64 {
 }
 
 fn encode_chunks(entries: &[Entry]) -> Vec<(u64, Vec<u8>)> {
+    chunks_of(
+        entries
+            .iter()
+            .map(|e| (e.ledger_seq, record::encode_entry(e))),
+    )
+}
+
+/// Groups consecutive stored records `(seq, bytes)` into chunks of at most
+/// [`CHUNK_ENTRIES`] records and [`CHUNK_BYTES`] (unless one is bigger).
+fn chunks_of<R: AsRef<[u8]>>(records: impl Iterator<Item = (u64, R)>) -> Vec<(u64, Vec<u8>)> {
     let mut chunks = Vec::new();
     let mut current: Option<(u64, Vec<u8>, u32)> = None;
-    for e in entries {
-        let record = record::encode_entry(e);
+    for (seq, record) in records {
+        let record = record.as_ref();
         let full = current.as_ref().is_some_and(|(_, bytes, n)| {
             *n as usize >= CHUNK_ENTRIES || bytes.len() + record.len() > CHUNK_BYTES
         });
@@ -253,9 +263,9 @@ fn encode_chunks(entries: &[Entry]) -> Vec<(u64, Vec<u8>)> {
             chunks.push(finish_chunk(current.take().expect("checked")));
         }
         let (_, bytes, n) =
-            current.get_or_insert_with(|| (e.ledger_seq, vec![CHUNK_VERSION, 0, 0, 0, 0], 0));
+            current.get_or_insert_with(|| (seq, vec![CHUNK_VERSION, 0, 0, 0, 0], 0));
         bytes.extend_from_slice(&(record.len() as u32).to_be_bytes());
-        bytes.extend_from_slice(&record);
+        bytes.extend_from_slice(record);
         *n += 1;
     }
     chunks.extend(current.map(finish_chunk));
@@ -570,8 +580,15 @@ fn group_request_records(tree: &sled::Tree) -> Result<(), StoreError> {
 /// `r <request_id>` record becomes an `s` record keyed by its entry's seq
 /// (in the same sled batch as the removal of the old key, so an interrupted
 /// run can be run again), then every fingerprint is written as `f` blocks
-/// and sled is made durable.
+/// and sled is made durable; then the database is rewritten compactly
+/// ([`rewrite_compacted`]).
 pub fn migrate_request_records(path: &Path) -> Result<(), StoreError> {
+    finish_rewrite(path)?;
+    convert_request_records(path)?;
+    rewrite_compacted(path)
+}
+
+fn convert_request_records(path: &Path) -> Result<(), StoreError> {
     let store = SledStore::open(path, &SledOptions::default())?;
     let tree = &store.tree;
     loop {
@@ -609,6 +626,100 @@ pub fn migrate_request_records(path: &Path) -> Result<(), StoreError> {
     batch.insert(prefixed(META, meta::FORMAT.as_bytes()), &b"3"[..]);
     tree.apply_batch(batch).map_err(engine)?;
     store.durability.sync_sled()
+}
+
+/// Where [`rewrite_compacted`] builds the new database, and where it puts
+/// the old one while it swaps them.
+fn rewrite_paths(path: &Path) -> (PathBuf, PathBuf) {
+    (
+        path.with_extension("rewrite"),
+        path.with_extension("replaced"),
+    )
+}
+
+/// Finishes or undoes an interrupted [`rewrite_compacted`]: the new
+/// database is complete (durable) before the old one is moved aside, so a
+/// missing `path` with a rewrite beside it is finished, and a rewrite beside
+/// a present `path` is an unfinished copy.
+fn finish_rewrite(path: &Path) -> Result<(), StoreError> {
+    let (fresh, old) = rewrite_paths(path);
+    if !path.exists() && old.exists() {
+        // Moved aside: the rewrite was complete if it is there; if not
+        // (which the order of the steps rules out), put the old one back.
+        std::fs::rename(if fresh.exists() { &fresh } else { &old }, path)?;
+        super::datadir::sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+    }
+    if fresh.exists() {
+        std::fs::remove_dir_all(&fresh)?;
+    }
+    if old.exists() && path.exists() {
+        std::fs::remove_dir_all(&old)?;
+    }
+    Ok(())
+}
+
+/// Copies every key of the database at `path`, in order, into a new one and
+/// swaps them (splitting chunks bigger than [`CHUNK_BYTES`]). sled 0.34 never merges emptied pages, and keeps a record of
+/// every page in memory: a million removed format 2 request keys left about
+/// 30 MiB that every later open paid. The copy holds only live keys, in
+/// full pages. It is made durable before the old database is moved aside
+/// (see [`finish_rewrite`]); the write-ahead log beside it is empty.
+fn rewrite_compacted(path: &Path) -> Result<(), StoreError> {
+    let (fresh, old) = rewrite_paths(path);
+    {
+        let source = SledStore::open(path, &SledOptions::default())?;
+        let target = sled::Config::new()
+            .path(&fresh)
+            .cache_capacity(SledOptions::default().cache_capacity)
+            .flush_every_ms(None)
+            .open()
+            .map_err(engine)?;
+        let tree = target.open_tree("ledger").map_err(engine)?;
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for item in source.tree.iter() {
+            let (k, v) = item.map_err(engine)?;
+            nudge_cache(&source.tree, &k, SCAN_NUDGES);
+            if k.first() == Some(&CHUNK) && v.len() > CHUNK_BYTES {
+                // Chunks of older builds (up to 48 KiB) are split; the
+                // stored records themselves are copied byte for byte.
+                let first = key_seq(&k)?;
+                for (seq, chunk) in chunks_of(chunk_records(first, &v)?.into_iter()) {
+                    batch.insert(&chunk_key(seq)[..], chunk);
+                    n += 1;
+                }
+            } else {
+                batch.insert(k, v);
+                n += 1;
+            }
+            if n >= 1024 {
+                tree.apply_batch(std::mem::take(&mut batch))
+                    .map_err(engine)?;
+                n = 0;
+            }
+        }
+        tree.apply_batch(batch).map_err(engine)?;
+        target.flush().map_err(engine)?;
+        sync_tree_files(&fresh)?;
+    }
+    std::fs::rename(path, &old)?;
+    std::fs::rename(&fresh, path)?;
+    super::datadir::sync_dir(path.parent().unwrap_or(Path::new(".")))?;
+    std::fs::remove_dir_all(&old)?;
+    Ok(())
+}
+
+/// fsyncs every file of a sled database directory, and the directories.
+fn sync_tree_files(dir: &Path) -> Result<(), StoreError> {
+    for item in std::fs::read_dir(dir)? {
+        let item = item?;
+        if item.file_type()?.is_dir() {
+            sync_tree_files(&item.path())?;
+        } else {
+            File::open(item.path())?.sync_all()?;
+        }
+    }
+    super::datadir::sync_dir(dir)
 }
 
 /// Where the write-ahead log of the sled database at `path` lives.
@@ -1279,6 +1390,18 @@ mod tests {
         assert_requests(&store, 3_000);
     }
 
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for item in std::fs::read_dir(from).unwrap() {
+            let item = item.unwrap();
+            if item.file_type().unwrap().is_dir() {
+                copy_dir(&item.path(), &to.join(item.file_name()));
+            } else {
+                std::fs::copy(item.path(), to.join(item.file_name())).unwrap();
+            }
+        }
+    }
+
     #[test]
     fn a_format_2_store_is_migrated_and_a_second_run_changes_nothing() {
         let tmp = tempfile::tempdir().unwrap();
@@ -1287,6 +1410,30 @@ mod tests {
             let store = SledStore::open(tmp.path(), &SledOptions::default()).unwrap();
             store.append(&entries, &[], None).unwrap();
             store.commit().unwrap();
+            let queued = *store.durability.applier.gate.lock().unwrap();
+            store.durability.wait_applied(queued).unwrap();
+            // Older builds wrote chunks of up to 48 KiB: the chunks from the
+            // first at or after entry 100 to the first at or after 400, as one.
+            let starts: Vec<u64> = store
+                .tree
+                .scan_prefix([CHUNK])
+                .keys()
+                .map(|k| key_seq(&k.unwrap()).unwrap())
+                .collect();
+            let from = *starts.iter().find(|s| **s >= 100).unwrap();
+            let to = *starts.iter().find(|s| **s >= 400).unwrap();
+            let mut big = vec![CHUNK_VERSION];
+            big.extend_from_slice(&((to - from) as u32).to_be_bytes());
+            for e in &entries[from as usize..to as usize] {
+                let rec = record::encode_entry(e);
+                big.extend_from_slice(&(rec.len() as u32).to_be_bytes());
+                big.extend_from_slice(&rec);
+            }
+            assert!(big.len() > 8 * CHUNK_BYTES);
+            for s in starts.iter().filter(|s| (from..to).contains(*s)) {
+                store.tree.remove(&chunk_key(*s)[..]).unwrap();
+            }
+            store.tree.insert(&chunk_key(from)[..], big).unwrap();
             // Format 2's records: one `r <request_id>` key each, no id inside.
             for seq in (0..500).step_by(3) {
                 let mut json = serde_json::to_value(record("", seq)).unwrap();
@@ -1300,10 +1447,27 @@ mod tests {
                     .unwrap();
             }
         }
-        for _ in 0..2 {
+        for round in 0..3 {
+            if round == 2 {
+                // A crash in the middle of the swap: the complete rewrite
+                // beside the old database, which was moved aside.
+                let (fresh, old) = rewrite_paths(tmp.path());
+                copy_dir(tmp.path(), &fresh);
+                std::fs::rename(tmp.path(), &old).unwrap();
+            }
             migrate_request_records(tmp.path()).unwrap();
+            let (fresh, old) = rewrite_paths(tmp.path());
+            assert!(!fresh.exists() && !old.exists());
             let store = SledStore::open(tmp.path(), &SledOptions::default()).unwrap();
             assert_eq!(store.tree.scan_prefix([REQUEST]).count(), 0);
+            // Every entry is there, byte for byte, in chunks of at most 4 KiB.
+            let back: Vec<Entry> = super::super::read_entries(&store, 0, 500)
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(back == entries, "entries changed");
+            for v in store.tree.scan_prefix([CHUNK]).values() {
+                assert!(v.unwrap().len() <= CHUNK_BYTES);
+            }
             // The 167 one-record blocks the conversion wrote were merged.
             let blocks = store.tree.scan_prefix([REQUESTS]).count();
             assert!((3..20).contains(&blocks), "{blocks} request blocks");
