@@ -53,8 +53,8 @@ fn migrate_1_to_2(path: &Path) -> Result<(), StoreError> {
 /// Format 3 replaces the one sled key per request id (`r <request_id>`)
 /// by request records keyed by seq and an in-memory index of request-id
 /// fingerprints, persisted in blocks (see `sled_store`). The step converts
-/// every record and writes the fingerprint blocks; an interrupted run is
-/// simply run again.
+/// every record, writes the fingerprint blocks and rewrites the database
+/// compactly; an interrupted run is simply run again.
 fn migrate_2_to_3(path: &Path) -> Result<(), StoreError> {
     super::sled_store::migrate_request_records(&path.join(LEDGER))
 }

@@ -7,7 +7,7 @@
 //! ```text
 //! c <first seq: 8 bytes BE>   a chunk of consecutive entries
 //! s <first seq: 8 bytes BE>   the request records of one append (in seq order)
-//! f <first seq: 8 bytes BE>   request-id fingerprints of up to 4096 entries
+//! f <first seq: 8 bytes BE>   request-id fingerprints of up to 1024 entries
 //! m <name>                    metadata (format version, kernel id, head, checkpoint)
 //! ```
 //!
@@ -430,7 +430,7 @@ impl SledStore {
             durability.sync_sled()?;
         }
         durability.wal.remove_older_generations()?;
-        let index = load_index(&tree)?;
+        let index = load_index(&durability)?;
         // Fault injection for the crash tests: die right after an open
         // (which may have replayed and dropped log generations).
         if std::env::var_os(ABORT_AFTER_OPEN).is_some() {
@@ -467,23 +467,12 @@ impl SledStore {
     }
 }
 
-/// The number of entries stored in `tree` (read directly: only on open).
-fn stored_len(tree: &sled::Tree) -> Result<u64, StoreError> {
-    match tree
-        .range(chunk_key(0)..=chunk_key(u64::MAX))
-        .next_back()
-        .transpose()
-        .map_err(engine)?
-    {
-        Some((k, chunk)) => Ok(key_seq(&k)? + chunk_count(&chunk)),
-        None => Ok(0),
-    }
-}
-
-/// Builds the request index of a just opened tree: the persisted `f`
-/// blocks, then the request records appended after them.
-fn load_index(tree: &sled::Tree) -> Result<Index, StoreError> {
-    let len = stored_len(tree)?;
+/// Builds the request index of a just opened store (nothing appended yet,
+/// so sled holds everything): the persisted `f` blocks, then the request
+/// records appended after them.
+fn load_index(durability: &Durability) -> Result<Index, StoreError> {
+    let tree = &durability.tree;
+    let len = durability.len()?;
     let mut index = RequestIndex::default();
     let mut starts = Vec::new();
     for item in tree.range(seq_key(FINGERPRINTS, 0)..=seq_key(FINGERPRINTS, u64::MAX)) {
@@ -536,52 +525,12 @@ fn load_index(tree: &sled::Tree) -> Result<Index, StoreError> {
     Ok(Index { index, persisted })
 }
 
-/// Merges runs of small `s` blocks (the migration writes one per record)
-/// into blocks of up to [`CHUNK_ENTRIES`] records or [`CHUNK_BYTES`], as
-/// appends write them: a million one-record keys would keep some 15 MiB more
-/// of sled's page bookkeeping in memory. Each merge is one sled batch (the
-/// merged block in, the keys it replaces out), so an interrupted run loses
-/// nothing and a second run finishes the work.
-fn group_request_records(tree: &sled::Tree) -> Result<(), StoreError> {
-    let mut from = 0u64;
-    loop {
-        let mut keys = Vec::new();
-        let mut records = Vec::new();
-        let mut bytes = 0;
-        for item in tree.range(seq_key(REQUESTS, from)..=seq_key(REQUESTS, u64::MAX)) {
-            let (k, v) = item.map_err(engine)?;
-            nudge_cache(tree, &k, SCAN_NUDGES);
-            let block = decode_requests(key_seq(&k)?, &v)?;
-            if !records.is_empty()
-                && (records.len() + block.len() > CHUNK_ENTRIES || bytes + v.len() > CHUNK_BYTES)
-            {
-                break;
-            }
-            bytes += v.len();
-            keys.push(k);
-            records.extend(block);
-        }
-        let Some(last) = records.last() else {
-            return Ok(());
-        };
-        from = last.seq + 1;
-        if keys.len() > 1 {
-            let mut batch = sled::Batch::default();
-            for k in &keys[1..] {
-                batch.remove(k.clone());
-            }
-            batch.insert(keys[0].clone(), encode_requests(&records));
-            tree.apply_batch(batch).map_err(engine)?;
-        }
-    }
-}
-
 /// Upgrades the sled database at `path` from storage format 2 to 3: each
-/// `r <request_id>` record becomes an `s` record keyed by its entry's seq
-/// (in the same sled batch as the removal of the old key, so an interrupted
-/// run can be run again), then every fingerprint is written as `f` blocks
-/// and sled is made durable; then the database is rewritten compactly
-/// ([`rewrite_compacted`]).
+/// `r <request_id>` record becomes a one-record `s` block keyed by its
+/// entry's seq (in the same sled batch as the removal of the old key, so an
+/// interrupted run can be run again), then every fingerprint is written as
+/// `f` blocks and sled is made durable; then the database is rewritten
+/// compactly, which also merges the one-record blocks ([`rewrite_compacted`]).
 pub fn migrate_request_records(path: &Path) -> Result<(), StoreError> {
     finish_rewrite(path)?;
     convert_request_records(path)?;
@@ -614,8 +563,7 @@ fn convert_request_records(path: &Path) -> Result<(), StoreError> {
         }
         tree.apply_batch(batch).map_err(engine)?;
     }
-    group_request_records(tree)?;
-    let Index { index, .. } = load_index(tree)?;
+    let Index { index, .. } = load_index(&store.durability)?;
     let mut batch = sled::Batch::default();
     for start in (0..index.len()).step_by(FINGERPRINT_BLOCK as usize) {
         batch.insert(
@@ -659,7 +607,8 @@ fn finish_rewrite(path: &Path) -> Result<(), StoreError> {
 }
 
 /// Copies every key of the database at `path`, in order, into a new one and
-/// swaps them (splitting chunks bigger than [`CHUNK_BYTES`]). sled 0.34 never merges emptied pages, and keeps a record of
+/// swaps them (splitting chunks bigger than [`CHUNK_BYTES`] and regrouping
+/// request records into blocks as appends write them). sled 0.34 never merges emptied pages, and keeps a record of
 /// every page in memory: a million removed format 2 request keys left about
 /// 30 MiB that every later open paid. The copy holds only live keys, in
 /// full pages. It is made durable before the old database is moved aside
@@ -677,18 +626,42 @@ fn rewrite_compacted(path: &Path) -> Result<(), StoreError> {
         let tree = target.open_tree("ledger").map_err(engine)?;
         let mut batch = sled::Batch::default();
         let mut n = 0;
+        // Request records, regrouped into full blocks as appends write them
+        // (the conversion wrote one block per record).
+        let mut requests: Vec<RequestRecord> = Vec::new();
+        let request_kvs = |requests: &mut Vec<RequestRecord>| -> Vec<(IVec, IVec)> {
+            request_blocks(&std::mem::take(requests))
+                .into_iter()
+                .map(|(first, block)| (IVec::from(&seq_key(REQUESTS, first)[..]), block.into()))
+                .collect()
+        };
         for item in source.tree.iter() {
             let (k, v) = item.map_err(engine)?;
             nudge_cache(&source.tree, &k, SCAN_NUDGES);
-            if k.first() == Some(&CHUNK) && v.len() > CHUNK_BYTES {
+            let kvs = match k.first() {
+                Some(&REQUESTS) => {
+                    requests.extend(decode_requests(key_seq(&k)?, &v)?);
+                    if requests.len() >= 4096 {
+                        request_kvs(&mut requests)
+                    } else {
+                        Vec::new()
+                    }
+                }
                 // Chunks of older builds (up to 48 KiB) are split; the
                 // stored records themselves are copied byte for byte.
-                let first = key_seq(&k)?;
-                for (seq, chunk) in chunks_of(chunk_records(first, &v)?.into_iter()) {
-                    batch.insert(&chunk_key(seq)[..], chunk);
-                    n += 1;
+                Some(&CHUNK) if v.len() > CHUNK_BYTES => {
+                    chunks_of(chunk_records(key_seq(&k)?, &v)?.into_iter())
+                        .into_iter()
+                        .map(|(seq, chunk)| (IVec::from(&chunk_key(seq)[..]), chunk.into()))
+                        .collect()
                 }
-            } else {
+                _ => {
+                    let mut kvs = request_kvs(&mut requests);
+                    kvs.push((k, v));
+                    kvs
+                }
+            };
+            for (k, v) in kvs {
                 batch.insert(k, v);
                 n += 1;
             }
@@ -697,6 +670,9 @@ fn rewrite_compacted(path: &Path) -> Result<(), StoreError> {
                     .map_err(engine)?;
                 n = 0;
             }
+        }
+        for (k, v) in request_kvs(&mut requests) {
+            batch.insert(k, v);
         }
         tree.apply_batch(batch).map_err(engine)?;
         target.flush().map_err(engine)?;
@@ -932,6 +908,14 @@ impl Durability {
             q = guard;
         }
         Ok(())
+    }
+
+    /// Number of stored entries (the seq the next entry gets).
+    fn len(&self) -> Result<u64, StoreError> {
+        Ok(match self.chunk_at_or_before(u64::MAX)? {
+            Some((first, chunk)) => first + chunk_count(&chunk),
+            None => 0,
+        })
     }
 
     /// The newest chunk starting at or before `seq`, from the overlay or sled.
@@ -1192,10 +1176,7 @@ impl LedgerStore for SledStore {
     }
 
     fn len(&self) -> Result<u64, StoreError> {
-        Ok(match self.durability.chunk_at_or_before(u64::MAX)? {
-            Some((first, chunk)) => first + chunk_count(&chunk),
-            None => 0,
-        })
+        self.durability.len()
     }
 
     fn request(&self, request_id: &str) -> Result<Option<RequestRecord>, StoreError> {
@@ -1468,7 +1449,8 @@ mod tests {
             for v in store.tree.scan_prefix([CHUNK]).values() {
                 assert!(v.unwrap().len() <= CHUNK_BYTES);
             }
-            // The 167 one-record blocks the conversion wrote were merged.
+            // The 167 one-record blocks the conversion wrote were merged by
+            // the rewrite.
             let blocks = store.tree.scan_prefix([REQUESTS]).count();
             assert!((3..20).contains(&blocks), "{blocks} request blocks");
             assert_eq!(store.index().persisted, 500);
