@@ -15,6 +15,7 @@ from kernels_client import (
     InvalidResponse,
     KernelRequest,
     KernelsClient,
+    KernelsError,
     KernelUnavailable,
     RetryPolicy,
     ToolCall,
@@ -210,6 +211,6 @@ def test_error_statuses_raise(canned, status: int) -> None:
     handler.status = status
     handler.body = json.dumps({**GOOD}).encode()  # even a receipt-shaped body
     with KernelsClient(url, AGENT, retry=FAST_RETRY) as client:
-        with pytest.raises(Exception) as e:
+        with pytest.raises(KernelsError) as e:
             client.submit(request())
-    assert getattr(e.value, "status", None) == status
+    assert e.value.status == status

@@ -4,6 +4,7 @@ wrapped tool keeps its name and schema, and never runs without an ALLOW."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from langchain_core.tools import tool
@@ -11,7 +12,7 @@ from langchain_core.tools import tool
 from kernels_client import AsyncKernelsClient, KernelDenied, KernelHalted, KernelsClient
 from kernels_client.langchain import GovernedTool
 
-from .support import AGENT, FAST_RETRY, KernelsServer
+from .support import AGENT, FAST_RETRY, FaultyProxy, KernelsServer
 
 RAN: list[str] = []
 
@@ -49,6 +50,19 @@ def test_a_denied_tool_never_runs_whatever_the_error_handling(agent: KernelsClie
     assert RAN == []
     entry = next(x for x in server.entries() if x["request_id"] == e.value.receipt.request_id)
     assert entry["decision"] == "DENY" and entry["intent"] == "LangChain tool delete_everything"
+
+
+def test_a_plain_string_input_is_judged_under_its_field_name(server: KernelsServer) -> None:
+    proxy = FaultyProxy(server.url, lambda n, _: "relay")
+    try:
+        with KernelsClient(proxy.url, AGENT, retry=FAST_RETRY) as client:
+            with pytest.raises(KernelDenied):
+                GovernedTool(delete_everything, client, actor="agent-001").invoke("/srv")
+        sent = json.loads(proxy.requests[0].partition(b"\r\n\r\n")[2])
+        assert sent["tool_call"] == {"name": "delete_everything", "params": {"path": "/srv"}}
+    finally:
+        proxy.close()
+    assert RAN == []
 
 
 def test_a_tool_name_the_policy_does_not_know_is_refused(agent: KernelsClient) -> None:

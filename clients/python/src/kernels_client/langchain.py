@@ -76,7 +76,9 @@ class GovernedTool(BaseTool):
         if kwargs:
             return dict(kwargs), dict(kwargs)
         if len(args) == 1:
-            return args[0], {"input": args[0]}
+            # A plain string input: named by the schema's only field, if it has one.
+            fields = list(self.args)
+            return args[0], {fields[0] if len(fields) == 1 else "input": args[0]}
         return {}, {}
 
     def _request(self, params: dict[str, Any]) -> Any:
