@@ -246,3 +246,27 @@ def test_checkpoint_and_inclusion_proof_feed_verify_receipt(stand_in: StandIn) -
         {"seq": "3", "tree_size": "5"},
         {"seq": "99"},
     ]
+
+
+def test_governed_tool_runs_after_an_allow_and_records_the_outcome(stand_in: StandIn) -> None:
+    from langchain_core.tools import tool
+
+    from kernels_client.langchain import GovernedTool
+
+    ran: list[str] = []
+
+    @tool
+    def lookup(key: str) -> str:
+        """Look a key up."""
+        ran.append(key)
+        return f"value of {key}"
+
+    allow_and_record(stand_in)
+    with KernelsClient(stand_in.url, "t", retry=FAST_RETRY) as client:
+        assert GovernedTool(lookup, client, actor="agent-001").invoke({"key": "k"}) == "value of k"
+    assert ran == ["k"]
+    [request] = stand_in.bodies("POST", "/v1/requests")
+    assert request["tool_call"] == {"name": "lookup", "params": {"key": "k"}}
+    [outcome] = stand_in.bodies("POST", "/v1/outcomes")
+    assert outcome["request_id"] == request["request_id"]
+    assert outcome["result_sha256"] == result_sha256("value of k")
