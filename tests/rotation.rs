@@ -1,9 +1,7 @@
 //! The rotator against a real S3-compatible server (s3s-fs) on 127.0.0.1:
 //! segments, manifests, read-back, repair, outages, tampering, forensics.
 
-mod common;
-#[path = "common/s3.rs"]
-mod s3;
+mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,8 +13,9 @@ use kernels::rotator::archive;
 use kernels::rotator::manifest::{Manifest, kernel_prefix};
 use kernels::rotator::run::{Outcome, Target, rotate_once};
 use kernels::service::RotationControl;
-use s3::S3Server;
 use serde_json::json;
+use support::fs::copy_dir;
+use support::s3::{self, S3Server};
 
 fn open(dir: &std::path::Path) -> Ledger {
     let policy = Policy::from_yaml("allowed_actors: ['*']\nallowed_tools: [echo]\n").unwrap();
@@ -361,17 +360,4 @@ async fn an_upload_without_its_record_is_repaired_without_duplicates() {
     assert!(report.valid, "{:?}", report.errors);
     assert_eq!(report.manifests, 2);
     ledger.close().unwrap();
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for item in std::fs::read_dir(from).unwrap() {
-        let item = item.unwrap();
-        let dest = to.join(item.file_name());
-        if item.file_type().unwrap().is_dir() {
-            copy_dir(&item.path(), &dest);
-        } else if item.file_name() != "LOCK" {
-            std::fs::copy(item.path(), dest).unwrap();
-        }
-    }
 }

@@ -2,94 +2,46 @@
 //! S3-compatible server: scheduled runs, a crash between upload and record,
 //! and the forensic commands of the real binary.
 
-mod common;
-#[path = "common/s3.rs"]
-mod s3;
+mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{get, post};
-use s3::S3Server;
 use serde_json::{Value, json};
+use support::http;
+use support::process::{AGENT, OPERATOR, Output, ServeConfig, Server, command, run, run_with};
+use support::s3::{self, S3Server};
 
-const OPERATOR: &str = "operator-token-proc";
-const AGENT: &str = "agent-token-proc";
-
-struct Service {
-    child: Child,
-    url: String,
-}
-
-fn kernels() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_kernels"))
-}
-
-fn s3_env(cmd: &mut Command, server: &S3Server) {
-    cmd.env("AWS_ACCESS_KEY_ID", s3::ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", s3::SECRET_KEY)
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", "/nonexistent")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-        .env("KERNELS_ROTATION_ENDPOINT", server.endpoint())
-        .env("KERNELS_ROTATION_FORCE_PATH_STYLE", "true");
-}
-
-fn start(dir: &Path, server: &S3Server, interval: &str, abort_after_upload: bool) -> Service {
+fn serve_config(dir: &Path) -> ServeConfig {
     std::fs::write(
         dir.join("policy.yaml"),
         "allowed_actors: ['*']\nallowed_tools: [echo]\n",
     )
     .unwrap();
-    let mut cmd = kernels();
-    cmd.current_dir(dir)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            "data",
-            "--policy",
-            "policy.yaml",
-            "--kernel-id",
-            "proc-1",
-        ])
-        .env("KERNELS_OPERATOR_TOKEN", OPERATOR)
-        .env("KERNELS_AUDITOR_TOKEN", "auditor-token-proc")
-        .env("KERNELS_AGENT_TOKEN", AGENT)
-        .env("KERNELS_ROTATION_BUCKET", s3::BUCKET)
-        .env("KERNELS_ROTATION_INTERVAL", interval)
-        .env("KERNELS_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    s3_env(&mut cmd, server);
-    if abort_after_upload {
-        cmd.env(kernels::rotator::run::ABORT_AFTER_UPLOAD, "1");
+    ServeConfig {
+        cwd: dir.to_owned(),
+        data_dir: "data".into(),
+        policy: "policy.yaml".into(),
+        kernel_id: "proc-1".into(),
     }
-    let mut child = cmd.spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line.strip_prefix("kernels: serving on ") {
-                let _ = tx.send(addr.to_owned());
-            }
-        }
-    });
-    let url = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the service did not start");
-    Service { child, url }
 }
 
-async fn submit(service: &Service, prefix: &str, n: usize) {
+fn start(dir: &Path, server: &S3Server, interval: &str, abort_after_upload: bool) -> Server {
+    let mut env = server.env();
+    env.push(("KERNELS_ROTATION_INTERVAL".into(), interval.into()));
+    if abort_after_upload {
+        env.push((kernels::rotator::run::ABORT_AFTER_UPLOAD.into(), "1".into()));
+    }
+    Server::start_env(&serve_config(dir), &env)
+}
+
+async fn submit(service: &Server, prefix: &str, n: usize) {
+    let client = http::client();
     for i in 0..n {
-        let (code, r) = post(
-            &format!("{}/v1/requests", service.url),
-            Some(AGENT),
+        let (code, r) = http::post(
+            &client,
+            &service.url("/v1/requests"),
+            AGENT,
             &json!({"request_id": format!("{prefix}-{i}"), "actor": "agent-001", "intent": "echo",
                     "tool_call": {"name": "echo", "params": {"text": "x"}}}),
         )
@@ -98,42 +50,54 @@ async fn submit(service: &Service, prefix: &str, n: usize) {
     }
 }
 
-async fn status(service: &Service) -> Value {
-    let (code, s) = get(&format!("{}/v1/status", service.url), Some(OPERATOR)).await;
+async fn status(service: &Server) -> Value {
+    let (code, s) = http::get(&http::client(), &service.url("/v1/status"), OPERATOR).await;
     assert_eq!(code, 200, "{s}");
     s
 }
 
-fn stop(mut service: Service) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &service.child.id().to_string()])
-        .status();
-    let status = service.child.wait().unwrap();
-    assert!(
-        status.success(),
-        "the service must exit cleanly on SIGTERM: {status}"
+async fn rotate(service: &Server) -> (u16, Value) {
+    http::post(
+        &http::client(),
+        &service.url("/v1/rotations"),
+        OPERATOR,
+        &json!({}),
+    )
+    .await
+}
+
+fn stop(service: Server) {
+    let (code, stderr) = service.terminate();
+    assert_eq!(
+        code,
+        Some(0),
+        "the service must exit cleanly on SIGTERM: {stderr}"
     );
 }
 
-fn archive_cmd(server: &S3Server, args: &[&str]) -> (i32, String) {
-    let mut cmd = kernels();
-    cmd.arg("archive").args(args).args([
+/// `kernels archive ARGS` with the S3 location given as flags (only the AWS
+/// credentials come from the environment).
+fn archive_cmd(server: &S3Server, args: &[&str]) -> Output {
+    let mut cmd = command(&std::env::temp_dir());
+    cmd.envs(
+        server
+            .env()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("AWS_")),
+    );
+    let mut all = vec!["archive"];
+    all.extend_from_slice(args);
+    let endpoint = server.endpoint();
+    all.extend_from_slice(&[
         "--bucket",
         s3::BUCKET,
         "--endpoint",
-        &server.endpoint(),
+        &endpoint,
         "--force-path-style",
         "--kernel-id",
         "proc-1",
     ]);
-    s3_env(&mut cmd, server);
-    cmd.env_remove("KERNELS_ROTATION_ENDPOINT")
-        .current_dir(std::env::temp_dir());
-    let out = cmd.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
+    run_with(cmd, &all, None)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,24 +127,18 @@ async fn scheduled_runs_a_crash_after_upload_and_forensics_from_the_archive() {
     let service = start(tmp.path(), &server, "7d", true);
     submit(&service, "b", 7).await;
     // The process dies while answering: the request itself fails.
-    let _ = common::client()
-        .post(format!("{}/v1/rotations", service.url))
+    let _ = http::client()
+        .post(service.url("/v1/rotations"))
         .bearer_auth(OPERATOR)
         .send()
         .await;
-    let mut service = service;
-    let exit = service.child.wait().unwrap();
+    let exit = service.wait_exit(Duration::from_secs(60));
     assert!(!exit.success(), "the fault injection must kill the process");
 
     // Restart: the next run records the uploaded range instead of uploading again.
     let service = start(tmp.path(), &server, "7d", false);
     let before = status(&service).await;
-    let (code, outcome) = post(
-        &format!("{}/v1/rotations", service.url),
-        Some(OPERATOR),
-        &json!({}),
-    )
-    .await;
+    let (code, outcome) = rotate(&service).await;
     assert_eq!(code, 200, "{outcome}");
     assert_eq!(outcome["archived"], true);
     assert_eq!(outcome["repaired"], true, "{outcome}");
@@ -189,50 +147,38 @@ async fn scheduled_runs_a_crash_after_upload_and_forensics_from_the_archive() {
         before["last_rotation"]["to_seq"].as_u64().unwrap() + 1
     );
     submit(&service, "c", 3).await;
-    let (code, outcome) = post(
-        &format!("{}/v1/rotations", service.url),
-        Some(OPERATOR),
-        &json!({}),
-    )
-    .await;
+    let (code, outcome) = rotate(&service).await;
     assert_eq!(code, 200);
     assert_eq!(outcome["repaired"], false);
     let last_to = outcome["manifest"]["to_seq"].as_u64().unwrap();
     stop(service);
 
     // Forensics with the real binary, from the archive alone.
-    let (code, out) = archive_cmd(&server, &["verify", "--json"]);
-    assert_eq!(code, 0, "{out}");
-    let report: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    let out = archive_cmd(&server, &["verify", "--json"]);
+    out.expect_code(0, "archive verify");
+    let report = out.json();
     assert_eq!(report["manifests"], 3, "no duplicate range: {report}");
     assert_eq!(report["last_seq"].as_u64(), Some(last_to));
 
-    let (code, from_archive) = archive_cmd(
-        &server,
-        &["replay", "--json", "--until-seq", &last_to.to_string()],
-    );
-    assert_eq!(code, 0, "{from_archive}");
-    let live = kernels()
-        .current_dir(tmp.path())
-        .args([
+    let until = last_to.to_string();
+    let from_archive = archive_cmd(&server, &["replay", "--json", "--until-seq", &until]);
+    from_archive.expect_code(0, "archive replay");
+    let live = run(
+        tmp.path(),
+        &[
             "replay",
             "--data-dir",
             "data",
             "--json",
             "--until-seq",
-            &last_to.to_string(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        live.status.success(),
-        "{}",
-        String::from_utf8_lossy(&live.stderr)
+            &until,
+        ],
+        None,
     );
-    let a: Value = serde_json::from_str(from_archive.lines().next().unwrap()).unwrap();
-    let b: Value = serde_json::from_slice(&live.stdout).unwrap();
+    live.expect_code(0, "replay --data-dir");
     assert_eq!(
-        a, b,
+        from_archive.json(),
+        live.json(),
         "archive replay must equal data-dir replay at the same seq"
     );
 
@@ -242,33 +188,33 @@ async fn scheduled_runs_a_crash_after_upload_and_forensics_from_the_archive() {
     let n = bytes.len() - 100;
     bytes[n] ^= 0x01;
     std::fs::write(server.object_path(&seg), bytes).unwrap();
-    let (code, out) = archive_cmd(&server, &["verify"]);
-    assert_eq!(code, 1, "{out}");
-    assert!(out.contains(&seg), "{out}");
+    let out = archive_cmd(&server, &["verify"]);
+    out.expect_code(1, "archive verify of a tampered segment");
+    assert!(out.stdout.contains(&seg), "{}", out.stdout);
     // An unreachable store is exit 2.
-    let mut cmd = kernels();
-    cmd.args([
-        "archive",
-        "verify",
-        "--bucket",
-        "b",
-        "--endpoint",
-        "http://127.0.0.1:9",
-        "--force-path-style",
-        "--kernel-id",
-        "proc-1",
-    ]);
-    s3_env(&mut cmd, &server);
-    let out = cmd
-        .env_remove("KERNELS_ROTATION_ENDPOINT")
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let mut cmd = command(&std::env::temp_dir());
+    cmd.envs(
+        server
+            .env()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("AWS_")),
     );
+    run_with(
+        cmd,
+        &[
+            "archive",
+            "verify",
+            "--bucket",
+            "b",
+            "--endpoint",
+            "http://127.0.0.1:9",
+            "--force-path-style",
+            "--kernel-id",
+            "proc-1",
+        ],
+        None,
+    )
+    .expect_unusable("archive verify against an unreachable store");
 }
 
 fn report_segment(server: &S3Server) -> String {
