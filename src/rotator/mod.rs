@@ -11,7 +11,8 @@
 //! grace period, then abandoned; that is safe, because every run can be
 //! repeated (see [`run`]).
 //!
-//! * [`objects`] — S3 or a local directory of downloaded objects
+//! * [`objects`] — S3 or a local directory of downloaded objects (reads)
+//! * [`upload`] — writes that never overwrite, with Object Lock retention
 //! * [`manifest`] — manifests and the key layout
 //! * [`segment`] — streamed verification of an archived segment
 //! * [`run`] — one rotation run
@@ -22,6 +23,7 @@ pub mod manifest;
 pub mod objects;
 pub mod run;
 pub mod segment;
+pub mod upload;
 
 use std::collections::VecDeque;
 use std::future::Future;

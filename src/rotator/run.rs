@@ -45,6 +45,21 @@ pub enum RotationError {
     Ledger(#[from] LedgerError),
 }
 
+impl RotationError {
+    /// A stable name for the failure (status, alerts, metrics).
+    pub fn code(&self) -> &'static str {
+        match self {
+            RotationError::Objects(ObjectError::ObjectLockMissing(_)) => "object_lock_missing",
+            RotationError::Objects(ObjectError::Conflict(_)) => "archive_conflict",
+            RotationError::Objects(ObjectError::Missing(_)) => "archive_object_missing",
+            RotationError::Objects(_) => "store_unreachable",
+            RotationError::Check(_) => "archive_check_failed",
+            RotationError::Export(_) => "export_failed",
+            RotationError::Ledger(_) => "record_failed",
+        }
+    }
+}
+
 impl From<ScanError> for RotationError {
     fn from(e: ScanError) -> Self {
         match e {
@@ -125,6 +140,8 @@ pub async fn rotate_once(
     target: &Target,
     actor: &str,
 ) -> Result<Outcome, RotationError> {
+    // A bucket that cannot keep the configured retention is refused first.
+    target.objects.check_object_lock().await?;
     let state = ledger.state();
     let kernel_id = state.kernel_id.clone().unwrap_or_default();
     let variant = state

@@ -7,6 +7,8 @@
 //!   `KERNELS_*` variable removed
 //! * [`http`] — a small async JSON client for the API (reqwest, with a timeout)
 //! * [`s3`] — a real S3-compatible server (s3s-fs, in-process) on 127.0.0.1
+//! * [`moto`] — moto's S3 server (Object Lock) from the test venv, as a child
+//!   process on 127.0.0.1 with a port it picks itself
 //! * [`fs`] — file helpers (copying a data dir)
 //!
 //! The tokens below are the ones both servers accept.
@@ -15,6 +17,7 @@
 
 pub mod fs;
 pub mod http;
+pub mod moto;
 pub mod process;
 pub mod s3;
 pub mod server;
