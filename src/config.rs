@@ -101,6 +101,8 @@ pub struct RawRotation {
     pub force_path_style: Option<bool>,
     /// Object Lock retention for uploaded objects.
     pub object_lock: Option<RawObjectLock>,
+    /// Longest time one run's archive work may take (default `10m`).
+    pub attempt_timeout: Option<String>,
 }
 
 /// `rotation.object_lock:`.
@@ -232,6 +234,8 @@ pub struct RotationConfig {
     pub force_path_style: bool,
     /// Object Lock retention.
     pub object_lock: Option<ObjectLock>,
+    /// Longest time one run's archive work may take before it counts as failed.
+    pub attempt_timeout: Duration,
 }
 
 /// The validated configuration.
@@ -527,6 +531,10 @@ impl Config {
             ("KERNELS_ROTATION_REGION", &mut rotation_raw.region),
             ("KERNELS_ROTATION_ENDPOINT", &mut rotation_raw.endpoint),
             ("KERNELS_ROTATION_INTERVAL", &mut rotation_raw.interval),
+            (
+                "KERNELS_ROTATION_ATTEMPT_TIMEOUT",
+                &mut rotation_raw.attempt_timeout,
+            ),
         ] {
             if let Some(v) = env(var) {
                 *slot = Some(v);
@@ -537,6 +545,9 @@ impl Config {
         }
         let interval = parse_duration(rotation_raw.interval.as_deref().unwrap_or("7d"))
             .map_err(|e| err(format!("rotation.interval: {e}")))?;
+        let attempt_timeout =
+            parse_duration(rotation_raw.attempt_timeout.as_deref().unwrap_or("10m"))
+                .map_err(|e| err(format!("rotation.attempt_timeout: {e}")))?;
         let object_lock = match &rotation_raw.object_lock {
             Some(l) => {
                 let mode = l.mode.to_ascii_uppercase();
@@ -574,6 +585,7 @@ impl Config {
                 endpoint: rotation_raw.endpoint.clone().filter(|e| !e.is_empty()),
                 force_path_style: rotation_raw.force_path_style.unwrap_or(false),
                 object_lock: object_lock.clone(),
+                attempt_timeout,
             });
 
         let permits = raw.permits.unwrap_or_default();

@@ -28,10 +28,13 @@ pub struct HttpLabels {
     pub code: String,
 }
 
+/// A function that refreshes derived gauges just before a render.
+type Refresh = Box<dyn Fn(&Metrics) + Send + Sync>;
+
 /// Every metric the service exports.
-#[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    refresh: std::sync::Mutex<Vec<Refresh>>,
     /// Decisions recorded, by decision and status.
     pub decisions: Family<DecisionLabels, Counter>,
     /// Operational events recorded.
@@ -60,6 +63,12 @@ pub struct Metrics {
     pub rotation_pending_entries: Gauge,
     /// Rotator: 1 while the last run failed.
     pub rotation_failing: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
 }
 
 impl Default for Metrics {
@@ -158,6 +167,7 @@ impl Metrics {
         );
         Metrics {
             registry,
+            refresh: std::sync::Mutex::new(Vec::new()),
             decisions,
             events,
             commits,
@@ -175,8 +185,26 @@ impl Metrics {
         }
     }
 
+    /// Registers `f` to refresh gauges that are derived from state (e.g. the
+    /// rotator's pending entries) just before every render, so that what is
+    /// rendered agrees with the status.
+    pub fn on_render(&self, f: impl Fn(&Metrics) + Send + Sync + 'static) {
+        self.refresh
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Box::new(f));
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        for f in self
+            .refresh
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            f(self);
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");

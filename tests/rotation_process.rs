@@ -226,3 +226,271 @@ fn report_segment(server: &S3Server) -> String {
     names.sort();
     format!("kernels-archive/proc-1/segments/{}", names[0])
 }
+
+/// `GET /v1/rotations`.
+async fn rotations(service: &Server) -> Value {
+    let (code, r) = http::get(&http::client(), &service.url("/v1/rotations"), OPERATOR).await;
+    assert_eq!(code, 200, "{r}");
+    r
+}
+
+/// Polls `GET /v1/rotations` until `done` holds (at most `limit`).
+async fn wait_rotations(
+    service: &Server,
+    limit: Duration,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let r = rotations(service).await;
+        if done(&r) {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "{what} within {limit:?}: {r:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The value of the metric line `name N` in `GET /metrics`.
+async fn metric(service: &Server, name: &str) -> f64 {
+    let text = http::client()
+        .get(service.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_never_rotated_ledger_rotates_although_the_service_restarts_every_half_interval() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = S3Server::start().await;
+    let interval = Duration::from_secs(4);
+    let mut rotated_in = None;
+    for cycle in 0..8 {
+        let service = start(tmp.path(), &server, "4s", false);
+        if cycle == 0 {
+            submit(&service, "a", 5).await;
+        }
+        tokio::time::sleep(interval / 2).await;
+        let s = status(&service).await;
+        stop(service);
+        if !s["last_rotation"].is_null() {
+            rotated_in = Some(cycle);
+            break;
+        }
+    }
+    let cycle = rotated_in.expect(
+        "a service restarted every half interval must still rotate a ledger that never rotated",
+    );
+    // Due one interval after the first entry: in the second or third run.
+    assert!(cycle >= 1, "rotated before an interval had passed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_run_outlives_its_request_and_is_retried_when_the_store_hangs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = S3Server::start().await;
+    let gate = support::gate::Gate::start(server.addr, true).await;
+    std::fs::write(
+        tmp.path().join("kernels.yaml"),
+        "limits:\n  request_timeout: 1s\nrotation:\n  attempt_timeout: 3s\n",
+    )
+    .unwrap();
+    let mut env = server.env();
+    env.retain(|(k, _)| k != "KERNELS_ROTATION_ENDPOINT");
+    env.push(("KERNELS_ROTATION_ENDPOINT".into(), gate.endpoint()));
+    env.push(("KERNELS_ROTATION_INTERVAL".into(), "7d".into()));
+    env.push(("KERNELS_CONFIG".into(), "kernels.yaml".into()));
+    let service = Server::start_env(&serve_config(tmp.path()), &env);
+    submit(&service, "a", 5).await;
+
+    // The store hangs: the call answers 202 with the run's id before the
+    // request's 1 s limit, and the run goes on in the worker.
+    let asked = Instant::now();
+    let (code, answer) = rotate(&service).await;
+    assert_eq!(code, 202, "{answer}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        asked.elapsed()
+    );
+    let run_id = answer["run_id"].as_str().expect("a run id").to_owned();
+    assert!(!answer.to_string().contains("request_id"), "{answer}");
+    let r = rotations(&service).await;
+    assert_eq!(r["running"], true, "{r:#}");
+    assert_eq!(r["current_run"]["id"], run_id.as_str(), "{r:#}");
+    assert_eq!(r["current_run"]["manual"], true);
+    // Asking again joins the same run.
+    let (code, again) = rotate(&service).await;
+    assert_eq!(
+        (code, again["run_id"].as_str()),
+        (202, Some(run_id.as_str()))
+    );
+
+    // After the attempt time the run counts as failed: no `running` left set.
+    let r = wait_rotations(
+        &service,
+        Duration::from_secs(15),
+        "the hung run fails",
+        |r| {
+            r["history"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h["id"] == run_id.as_str())
+        },
+    )
+    .await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(3 + 5),
+        "{:?}",
+        asked.elapsed()
+    );
+    let failed = r["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["id"] == run_id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(failed["ok"], false, "{failed}");
+    assert_eq!(failed["error_code"], "attempt_timeout", "{failed}");
+    assert!(failed["retry_at_ms"].is_u64(), "{failed}");
+    assert_eq!(r["failing"], true);
+    assert_ne!(r["current_run"]["id"], run_id.as_str(), "{r:#}");
+    assert_eq!(metric(&service, "kernels_rotation_failing").await, 1.0);
+    assert!(metric(&service, "kernels_rotation_failures_total").await >= 1.0);
+
+    // The store comes back: the worker retries the manual run by itself,
+    // on behalf of the operator who asked, with no further call.
+    gate.open();
+    let r = wait_rotations(&service, Duration::from_secs(60), "a retry archives", |r| {
+        r["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["ok"] == true)
+    })
+    .await;
+    let retried = r["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["ok"] == true)
+        .unwrap()
+        .clone();
+    assert_eq!(retried["manual"], false, "{retried}");
+    assert_eq!(retried["actor"], failed["actor"], "{retried}");
+    assert_eq!(retried["outcome"]["archived"], true, "{retried}");
+    assert_eq!(r["failing"], false);
+    assert_eq!(metric(&service, "kernels_rotation_failing").await, 0.0);
+
+    // The pending-entries gauge agrees with the status.
+    submit(&service, "b", 7).await;
+    let s = status(&service).await;
+    let pending = s["rotation"]["pending_entries"].as_u64().unwrap();
+    assert_eq!(pending, 8, "{s:#}");
+    assert_eq!(
+        metric(&service, "kernels_rotation_pending_entries").await,
+        pending as f64
+    );
+    stop(service);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_newest_archive_object_is_reported_and_never_chained_onto() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = S3Server::start().await;
+    let service = start(tmp.path(), &server, "7d", false);
+    let mut last_to = 0;
+    for round in 0..2 {
+        submit(&service, &format!("r{round}"), 4).await;
+        let (code, outcome) = rotate(&service).await;
+        assert_eq!(
+            (code, &outcome["archived"]),
+            (200, &json!(true)),
+            "{outcome}"
+        );
+        last_to = outcome["manifest"]["to_seq"].as_u64().unwrap();
+    }
+    let r = rotations(&service).await;
+    assert_eq!(r["archive_head"]["state"], "ok", "{r:#}");
+    let manifest_key = r["archive_head"]["manifest_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let segment_key = r["archive_head"]["segment_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Someone deletes the newest manifest and segment.
+    std::fs::remove_file(server.object_path(&manifest_key)).unwrap();
+    std::fs::remove_file(server.object_path(&segment_key)).unwrap();
+
+    // The archive alone still chains; told where it must end, it fails.
+    archive_cmd(&server, &["verify"]).expect_code(0, "the gap is invisible from the archive alone");
+    let out = archive_cmd(&server, &["verify", "--expect-seq", &last_to.to_string()]);
+    out.expect_code(1, "archive verify --expect-seq");
+    assert!(out.stdout.contains("ends early"), "{}", out.stdout);
+    // The same, asking the running service.
+    let mut cmd = command(&std::env::temp_dir());
+    cmd.envs(
+        server
+            .env()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("AWS_")),
+    )
+    .env("KERNELS_TOKEN", OPERATOR);
+    let endpoint = server.endpoint();
+    let url = service.url("");
+    let out = run_with(
+        cmd,
+        &[
+            "archive",
+            "verify",
+            "--json",
+            "--service",
+            &url,
+            "--bucket",
+            s3::BUCKET,
+            "--endpoint",
+            &endpoint,
+            "--force-path-style",
+            "--kernel-id",
+            "proc-1",
+        ],
+        None,
+    );
+    out.expect_code(1, "archive verify --service");
+    assert_eq!(out.json()["valid"], false);
+
+    // The next rotation refuses to chain onto the missing manifest, says so,
+    // and records nothing.
+    submit(&service, "after", 3).await;
+    let before = status(&service).await["ledger_length"].as_u64().unwrap();
+    let (code, refused) = rotate(&service).await;
+    assert_eq!(code, 502, "{refused}");
+    let text = refused["error"].as_str().unwrap();
+    assert!(
+        text.contains("archive_head_missing") && text.contains(&manifest_key),
+        "{text}"
+    );
+    let s = status(&service).await;
+    assert_eq!(
+        s["ledger_length"].as_u64().unwrap(),
+        before,
+        "nothing may be recorded"
+    );
+    assert_eq!(s["last_rotation"]["to_seq"].as_u64(), Some(last_to));
+    assert_eq!(s["rotation"]["archive_head"]["state"], "missing", "{s:#}");
+    assert_eq!(s["rotation"]["last_error_code"], "archive_head_missing");
+    stop(service);
+}

@@ -211,6 +211,24 @@ impl Objects {
         }
     }
 
+    /// The size of `key`, or `None` when it does not exist (HeadObject).
+    pub async fn size(&self, key: &str) -> Result<Option<u64>, ObjectError> {
+        match self {
+            Objects::S3 { client, bucket, .. } => {
+                match client.head_object().bucket(bucket).key(key).send().await {
+                    Ok(head) => Ok(Some(head.content_length().unwrap_or(0).max(0) as u64)),
+                    Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+                    Err(e) => Err(ObjectError::Store(describe(&e))),
+                }
+            }
+            Objects::Dir(root) => match tokio::fs::metadata(root.join(key)).await {
+                Ok(meta) => Ok(Some(meta.len())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e.into()),
+            },
+        }
+    }
+
     /// Reads a whole (small) object.
     pub async fn read_all(&self, key: &str, limit: usize) -> Result<Vec<u8>, ObjectError> {
         let mut reader = self.read(key).await?;

@@ -481,12 +481,14 @@ pub async fn rotations(
     }
 }
 
-/// `POST /v1/rotations`: rotate now.
-#[utoipa::path(post, path = "/v1/rotations", responses((status = 200, description = "The run's outcome"), (status = 409, body = super::error::ErrorBody), (status = 502, body = super::error::ErrorBody)), security(("bearer" = [])))]
+/// `POST /v1/rotations`: rotate now. The run belongs to the rotator's
+/// worker: the answer is its outcome when it ends in time, else 202 with its
+/// id (`GET /v1/rotations` shows it); a failed run is retried by the worker.
+#[utoipa::path(post, path = "/v1/rotations", responses((status = 200, description = "The run's outcome"), (status = 202, description = "{run_id, running: true}: the run goes on in the rotator"), (status = 409, body = super::error::ErrorBody), (status = 502, body = super::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn rotate(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     principal.require(OPERATORS)?;
     let rotation = state.rotation().ok_or_else(|| {
         ApiError::new(
@@ -495,11 +497,30 @@ pub async fn rotate(
             "rotation is off: no bucket is configured",
         )
     })?;
-    rotation
-        .rotate_now(principal.name.clone())
-        .await
-        .map(Json)
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "rotation_failed", e))
+    // Answer before the request's time limit; the run does not depend on it.
+    let limit = state.settings().request_timeout;
+    let wait = limit
+        .saturating_sub(std::time::Duration::from_millis(250))
+        .max(limit / 2);
+    match rotation.rotate_now(principal.name.clone(), wait).await {
+        Ok(crate::rotator::run::RunAnswer::Finished {
+            run_id,
+            mut outcome,
+        }) => {
+            outcome["run_id"] = json!(run_id);
+            Ok(Json(outcome).into_response())
+        }
+        Ok(crate::rotator::run::RunAnswer::Running { run_id }) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"run_id": run_id, "running": true, "status": "/v1/rotations"})),
+        )
+            .into_response()),
+        Err(failure) => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "rotation_failed",
+            failure.to_string(),
+        )),
+    }
 }
 
 /// `POST /v1/verify`: verify the whole stored chain.

@@ -9,6 +9,7 @@
 //! * [`s3`] — a real S3-compatible server (s3s-fs, in-process) on 127.0.0.1
 //! * [`moto`] — moto's S3 server (Object Lock) from the test venv, as a child
 //!   process on 127.0.0.1 with a port it picks itself
+//! * [`gate`] — a TCP gate that forwards to a server or hangs (a hung store)
 //! * [`fs`] — file helpers (copying a data dir)
 //!
 //! The tokens below are the ones both servers accept.
@@ -16,6 +17,7 @@
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 pub mod fs;
+pub mod gate;
 pub mod http;
 pub mod moto;
 pub mod process;
