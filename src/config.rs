@@ -55,6 +55,8 @@ pub struct RawConfig {
     /// run — the agent runs them after an ALLOW.
     #[serde(default)]
     pub external_tools: Vec<String>,
+    /// `alerts:` (ours): the webhook that hears about halts, failures, …
+    pub alerts: Option<crate::alerts::RawAlerts>,
 }
 
 /// `kernel:` section.
@@ -275,6 +277,8 @@ pub struct Config {
     pub checkpoint_every: u64,
     /// Whether `serve` verifies every stored entry before it starts.
     pub verify_full_on_start: bool,
+    /// Alerts, when a webhook is set.
+    pub alerts: Option<crate::alerts::AlertsConfig>,
 }
 
 /// Values from the command line (they override everything).
@@ -627,6 +631,9 @@ impl Config {
             }
         };
 
+        let alerts =
+            crate::alerts::AlertsConfig::from_raw(raw.alerts, env, parse_duration).map_err(err)?;
+
         Ok(Config {
             kernel_id,
             variant,
@@ -648,6 +655,7 @@ impl Config {
             cache_bytes: storage.cache_mb.unwrap_or(1) * 1024 * 1024,
             checkpoint_every: storage.checkpoint_every.unwrap_or(10_000).max(1),
             verify_full_on_start,
+            alerts,
         })
     }
 }

@@ -1,7 +1,7 @@
 //! Prometheus metrics of the service, in one registry.
 //!
-//! The ledger records decisions and commits, the rotator its runs, the HTTP
-//! layer its requests; `GET /metrics` renders them all as Prometheus text.
+//! The ledger records decisions and commits, the rotator its runs, the alert
+//! worker its deliveries, the HTTP layer its requests; `GET /metrics` renders them all as Prometheus text.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -63,6 +63,12 @@ pub struct Metrics {
     pub rotation_pending_entries: Gauge,
     /// Rotator: 1 while the last run failed.
     pub rotation_failing: Gauge,
+    /// Alerts delivered to the webhook.
+    pub alerts_sent: Counter,
+    /// Alerts given up after every delivery attempt failed.
+    pub alerts_failed: Counter,
+    /// Alerts dropped because the alert queue was full.
+    pub alerts_dropped: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -165,6 +171,24 @@ impl Metrics {
             "1 while the rotator's last attempt failed",
             rotation_failing.clone(),
         );
+        let alerts_sent = Counter::default();
+        registry.register(
+            "alerts_sent",
+            "Alerts delivered to the webhook",
+            alerts_sent.clone(),
+        );
+        let alerts_failed = Counter::default();
+        registry.register(
+            "alerts_failed",
+            "Alerts given up after every delivery attempt failed",
+            alerts_failed.clone(),
+        );
+        let alerts_dropped = Counter::default();
+        registry.register(
+            "alerts_dropped",
+            "Alerts dropped because the alert queue was full",
+            alerts_dropped.clone(),
+        );
         Metrics {
             registry,
             refresh: std::sync::Mutex::new(Vec::new()),
@@ -182,6 +206,9 @@ impl Metrics {
             rotation_last_success,
             rotation_pending_entries,
             rotation_failing,
+            alerts_sent,
+            alerts_failed,
+            alerts_dropped,
         }
     }
 

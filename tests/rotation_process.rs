@@ -408,7 +408,14 @@ async fn a_manual_run_outlives_its_request_and_is_retried_when_the_store_hangs()
 async fn a_missing_newest_archive_object_is_reported_and_never_chained_onto() {
     let tmp = tempfile::tempdir().unwrap();
     let server = S3Server::start().await;
-    let service = start(tmp.path(), &server, "7d", false);
+    let (webhook, hook_addr) = support::webhook::Receiver::start(0).await;
+    let mut env = server.env();
+    env.push(("KERNELS_ROTATION_INTERVAL".into(), "7d".into()));
+    env.push((
+        "KERNELS_ALERTS_WEBHOOK_URL".into(),
+        format!("http://{hook_addr}{}", support::webhook::PATH),
+    ));
+    let service = Server::start_env(&serve_config(tmp.path()), &env);
     let mut last_to = 0;
     for round in 0..2 {
         submit(&service, &format!("r{round}"), 4).await;
@@ -492,5 +499,15 @@ async fn a_missing_newest_archive_object_is_reported_and_never_chained_onto() {
     assert_eq!(s["last_rotation"]["to_seq"].as_u64(), Some(last_to));
     assert_eq!(s["rotation"]["archive_head"]["state"], "missing", "{s:#}");
     assert_eq!(s["rotation"]["last_error_code"], "archive_head_missing");
+    // On-call hears of both: the archive lost its head, rotation fails.
+    let alert = webhook.wait_for("integrity_failure").await;
+    assert_eq!(alert["detail"]["source"], "archive", "{alert}");
+    assert_eq!(
+        alert["detail"]["manifest_key"],
+        manifest_key.as_str(),
+        "{alert}"
+    );
+    let alert = webhook.wait_for("rotation_failing").await;
+    assert_eq!(alert["detail"]["code"], "archive_head_missing", "{alert}");
     stop(service);
 }

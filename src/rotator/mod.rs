@@ -55,6 +55,8 @@ struct Inner {
     finished: tokio::sync::watch::Sender<u64>,
     stopped: tokio::sync::Notify,
     done: std::sync::atomic::AtomicBool,
+    /// Where failing runs and a broken archive head are reported.
+    alerts: Option<crate::alerts::Alerts>,
 }
 
 /// Handle on the running rotator.
@@ -64,12 +66,14 @@ pub struct Rotator {
 }
 
 impl Rotator {
-    /// Starts the worker for `ledger` with S3 settings from `config`.
+    /// Starts the worker for `ledger` with S3 settings from `config`;
+    /// failing runs and a broken archive head are reported to `alerts`.
     pub async fn start(
         ledger: Ledger,
         config: RotationConfig,
         work_dir: std::path::PathBuf,
         shutdown: tokio::sync::watch::Receiver<bool>,
+        alerts: Option<crate::alerts::Alerts>,
     ) -> Rotator {
         let objects = Objects::s3(&S3Settings {
             bucket: config.bucket.clone(),
@@ -80,7 +84,7 @@ impl Rotator {
             object_lock: config.object_lock.clone(),
         })
         .await;
-        Self::start_with(ledger, config, objects, work_dir, shutdown)
+        Self::launch(ledger, config, objects, work_dir, shutdown, alerts)
     }
 
     /// Starts the worker over an explicit object store (tests, custom clients).
@@ -90,6 +94,17 @@ impl Rotator {
         objects: Objects,
         work_dir: std::path::PathBuf,
         shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Rotator {
+        Self::launch(ledger, config, objects, work_dir, shutdown, None)
+    }
+
+    fn launch(
+        ledger: Ledger,
+        config: RotationConfig,
+        objects: Objects,
+        work_dir: std::path::PathBuf,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+        alerts: Option<crate::alerts::Alerts>,
     ) -> Rotator {
         let target = Target {
             objects,
@@ -106,6 +121,7 @@ impl Rotator {
                 finished: tokio::sync::watch::Sender::new(0),
                 stopped: tokio::sync::Notify::new(),
                 done: std::sync::atomic::AtomicBool::new(false),
+                alerts,
             }),
         };
         // The pending-entries gauge is computed when the metrics are read,
@@ -120,6 +136,12 @@ impl Rotator {
         let worker = rotator.clone();
         tokio::spawn(async move { worker.work(shutdown).await });
         rotator
+    }
+
+    fn alert(&self, event: crate::alerts::AlertEvent, detail: Value) {
+        if let Some(alerts) = &self.inner.alerts {
+            alerts.raise(event, detail);
+        }
     }
 
     fn status_lock(&self) -> std::sync::MutexGuard<'_, worker::Status> {

@@ -23,6 +23,7 @@ use super::Rotator;
 use super::head::HeadCheck;
 use super::run::{self, Outcome, RotationError, RunAnswer, RunFailure};
 use super::schedule;
+use crate::alerts::AlertEvent;
 use crate::ledger::{Clock, SystemClock};
 
 /// How long a run in progress may finish after shutdown is signalled.
@@ -101,6 +102,30 @@ impl Status {
     fn new_id(&mut self, now_ms: u64) -> String {
         self.ids += 1;
         format!("run-{now_ms}-{}", self.ids)
+    }
+
+    /// Keeps a new head check; answers the `integrity_failure` alert's
+    /// detail when the head has just become missing or changed.
+    fn set_head(&mut self, head: Result<HeadCheck, String>, now_ms: u64) -> Option<Value> {
+        let broken = |h: &Option<Result<HeadCheck, String>>| match h {
+            Some(Ok(c)) if c.refusal().is_some() => Some((c.state, c.manifest_key.clone())),
+            _ => None,
+        };
+        let before = broken(&self.head);
+        self.head = Some(head);
+        self.head_checked_ms = Some(now_ms);
+        let after = broken(&self.head);
+        match (&self.head, after) {
+            (Some(Ok(check)), Some(now)) if before.as_ref() != Some(&now) => Some(json!({
+                "source": "archive",
+                "state": check.state,
+                "problem": check.problem,
+                "manifest_key": check.manifest_key,
+                "segment_key": check.segment_key,
+                "entry_seq": check.entry_seq,
+            })),
+            _ => None,
+        }
     }
 }
 
@@ -321,10 +346,8 @@ impl Rotator {
             Err(RotationError::ArchiveHead(check)) => Some((**check).clone()),
             _ => None,
         };
-        if let Some(head) = head {
-            s.head = Some(Ok(head));
-            s.head_checked_ms = Some(now);
-        }
+        let head_alert = head.and_then(|head| s.set_head(Ok(head), now));
+        let mut failing_alert = None;
         let finished = match result {
             Ok(outcome) => {
                 s.last_success_ms = Some(now);
@@ -354,6 +377,14 @@ impl Rotator {
                 }
                 let e = Arc::new(e);
                 s.last_error = Some(e.clone());
+                if s.consecutive_failures == 1 {
+                    failing_alert = Some(json!({
+                        "run_id": attempt.id,
+                        "code": e.code(),
+                        "error": e.to_string(),
+                        "retry_at_ms": next,
+                    }));
+                }
                 Finished {
                     attempt,
                     finished_ms: now,
@@ -368,6 +399,12 @@ impl Rotator {
         }
         s.next_run_ms = Some(next);
         drop(s);
+        if let Some(detail) = failing_alert {
+            self.alert(AlertEvent::RotationFailing, detail);
+        }
+        if let Some(detail) = head_alert {
+            self.alert(AlertEvent::IntegrityFailure, detail);
+        }
         self.inner.finished.send_modify(|n| *n += 1);
         next
     }
@@ -387,8 +424,11 @@ impl Rotator {
         {
             tracing::error!(%problem, "archive head check failed");
         }
-        let mut s = self.status_lock();
-        s.head = Some(checked.map_err(|e| e.to_string()));
-        s.head_checked_ms = Some(SystemClock.now_ms());
+        let alert = self
+            .status_lock()
+            .set_head(checked.map_err(|e| e.to_string()), SystemClock.now_ms());
+        if let Some(detail) = alert {
+            self.alert(AlertEvent::IntegrityFailure, detail);
+        }
     }
 }

@@ -10,6 +10,7 @@
 //! * [`moto`] — moto's S3 server (Object Lock) from the test venv, as a child
 //!   process on 127.0.0.1 with a port it picks itself
 //! * [`gate`] — a TCP gate that forwards to a server or hangs (a hung store)
+//! * [`webhook`] — a webhook receiver (alerts)
 //! * [`fs`] — file helpers (copying a data dir)
 //!
 //! The tokens below are the ones both servers accept.
@@ -23,6 +24,7 @@ pub mod moto;
 pub mod process;
 pub mod s3;
 pub mod server;
+pub mod webhook;
 
 /// Agent token (may act as any actor).
 pub const AGENT: &str = "agent-token-0001";
