@@ -297,3 +297,147 @@ async fn a_bucket_without_object_lock_is_refused_and_nothing_is_recorded() {
     assert!(listed.contents().is_empty(), "nothing may be uploaded");
     ledger.close().unwrap();
 }
+
+/// A rotator over `objects` (not scheduled to run on its own) for a server.
+fn rotator(
+    ledger: &Ledger,
+    objects: Objects,
+    bucket: &str,
+    object_lock: Option<ObjectLock>,
+    work: &Path,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> kernels::rotator::Rotator {
+    let config = kernels::config::RotationConfig {
+        interval: std::time::Duration::from_secs(7 * 86_400),
+        bucket: bucket.into(),
+        prefix: "kernels-archive".into(),
+        region: "us-east-1".into(),
+        endpoint: None,
+        force_path_style: true,
+        object_lock,
+        attempt_timeout: std::time::Duration::from_secs(30),
+    };
+    kernels::rotator::Rotator::start_with(ledger.clone(), config, objects, work.to_owned(), stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preserved_evidence_goes_off_the_box_with_its_retention() {
+    let tmp = tempfile::tempdir().unwrap();
+    let moto = Moto::start();
+    moto.create_bucket("evidence", true).await;
+    let lock = ObjectLock {
+        mode: "COMPLIANCE".into(),
+        days: 30,
+    };
+    let objects = moto.objects("evidence", Some(lock.clone())).await;
+    let ledger = open(&tmp.path().join("data"));
+    submit_n(&ledger, "p", 6).await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let rot = rotator(
+        &ledger,
+        objects,
+        "evidence",
+        Some(lock),
+        &tmp.path().join("work"),
+        stop_rx,
+    );
+    let server = support::server::TestServer::serve_in(
+        ledger.clone(),
+        64 * 1024,
+        Some(Arc::new(rot.clone())),
+        &tmp.path().join("data"),
+    )
+    .await;
+    let (code, record) = support::server::post(
+        &server.url("/v1/preserve"),
+        Some(support::OPERATOR),
+        &json!({"reason": "legal hold", "incident": "INC-7", "from_seq": 1, "to_seq": 4}),
+    )
+    .await;
+    assert_eq!(code, 200, "{record}");
+
+    // The file name's range is the record's inclusive range; the copy is read-only.
+    assert_eq!(
+        (record["from_seq"].as_u64(), record["to_seq"].as_u64()),
+        (Some(1), Some(4))
+    );
+    let path = std::path::PathBuf::from(record["path"].as_str().unwrap());
+    let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+    assert!(name.ends_with("-INC-7-1-4.json"), "{name}");
+    assert!(
+        std::fs::metadata(&path).unwrap().permissions().readonly(),
+        "{name}"
+    );
+
+    // Uploaded, byte for byte, with the retention, and recorded where.
+    let key = record["archive"]["key"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{record}"));
+    assert_eq!(key, format!("kernels-archive/k-obj/preserved/{name}"));
+    let client = moto.client().await;
+    let body = body_of(&client, "evidence", key).await;
+    assert_eq!(
+        hex::encode(Sha256::digest(&body)),
+        record["bundle_sha256"].as_str().unwrap()
+    );
+    assert_eq!(body, std::fs::read(&path).unwrap());
+    let (mode, until) = retention(&client, "evidence", key)
+        .await
+        .expect("retention");
+    assert_eq!(mode, "COMPLIANCE");
+    assert!((until - (now_s() + 30 * 86_400)).abs() < 600, "{until}");
+    let seq = record["ledger_seq"].as_u64().unwrap();
+    let entry = ledger.entries(seq, seq + 1).next().unwrap().unwrap();
+    assert_eq!(entry.tool_name.as_deref(), Some("kernel.preserve"));
+    assert_eq!(entry.payload.unwrap()["archive"]["key"], key);
+
+    server.stop().await;
+    let _ = stop_tx.send(true);
+    rot.stopped().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preserved_evidence_is_kept_and_recorded_when_the_upload_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s3 = S3Server::start().await;
+    let objects = s3.objects().await;
+    s3.stop().await;
+    let ledger = open(&tmp.path().join("data"));
+    submit_n(&ledger, "q", 3).await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let rot = rotator(
+        &ledger,
+        objects,
+        support::s3::BUCKET,
+        None,
+        &tmp.path().join("work"),
+        stop_rx,
+    );
+    let server = support::server::TestServer::serve_in(
+        ledger.clone(),
+        64 * 1024,
+        Some(Arc::new(rot.clone())),
+        &tmp.path().join("data"),
+    )
+    .await;
+    let (code, record) = support::server::post(
+        &server.url("/v1/preserve"),
+        Some(support::OPERATOR),
+        &json!({"reason": "incident", "incident": "INC-8"}),
+    )
+    .await;
+    assert_eq!(code, 200, "{record}");
+    assert_eq!(record["archive"]["code"], "store_unreachable", "{record}");
+    let path = std::path::PathBuf::from(record["path"].as_str().unwrap());
+    assert!(path.is_file());
+    let last = record["to_seq"].as_u64().unwrap();
+    assert!(
+        path.to_str()
+            .unwrap()
+            .ends_with(&format!("-INC-8-0-{last}.json")),
+        "{record}"
+    );
+    server.stop().await;
+    let _ = stop_tx.send(true);
+    rot.stopped().await;
+}

@@ -17,6 +17,7 @@
 //! * [`head`] — is the newest recorded rotation still in the archive?
 //! * [`objects`] — S3 or a local directory of downloaded objects (reads)
 //! * [`upload`] — writes that never overwrite, with Object Lock retention
+//! * [`preserved`] — preserved evidence uploaded to the archive
 //! * [`manifest`] — manifests and the key layout
 //! * [`segment`] — streamed verification of an archived segment
 //! * [`archive`] — `kernels archive verify` / `replay`
@@ -25,6 +26,7 @@ pub mod archive;
 pub mod head;
 pub mod manifest;
 pub mod objects;
+pub mod preserved;
 pub mod run;
 pub mod schedule;
 pub mod segment;
@@ -42,7 +44,7 @@ use crate::config::RotationConfig;
 use crate::ledger::Ledger;
 use crate::service::RotationControl;
 use objects::{Objects, S3Settings};
-use run::{RunAnswer, RunFailure, Target};
+use run::{RotationError, RunAnswer, RunFailure, Target};
 
 struct Inner {
     ledger: Ledger,
@@ -223,5 +225,26 @@ impl RotationControl for Rotator {
 
     fn status(&self) -> Value {
         self.status_value()
+    }
+
+    fn upload_preserved(
+        &self,
+        path: std::path::PathBuf,
+        sha256: String,
+    ) -> Pin<Box<dyn Future<Output = Result<Value, RotationError>> + Send + '_>> {
+        Box::pin(async move {
+            let kernel_id = self.inner.ledger.state().kernel_id.unwrap_or_default();
+            let limit = self.inner.config.attempt_timeout;
+            let upload = preserved::upload(
+                &self.inner.target,
+                &kernel_id,
+                &path,
+                &sha256,
+                self.inner.config.object_lock.as_ref(),
+            );
+            tokio::time::timeout(limit, upload)
+                .await
+                .unwrap_or(Err(RotationError::TimedOut(limit)))
+        })
     }
 }

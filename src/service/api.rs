@@ -456,6 +456,23 @@ pub async fn preserve(
         crate::evidence::ExportError::Range(m) => ApiError::bad_request("invalid_request", m),
         other => ApiError::internal(other),
     })?;
+    let mut record = record;
+    // Off the box too, when there is an archive; the local copy is kept and
+    // recorded whatever happens to the upload.
+    if let Some(rotation) = state.rotation() {
+        let path = std::path::PathBuf::from(record["path"].as_str().unwrap_or_default());
+        let sha256 = record["bundle_sha256"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        record["archive"] = match rotation.upload_preserved(path, sha256).await {
+            Ok(location) => location,
+            Err(e) => {
+                tracing::error!(error = %e, "preserved evidence not uploaded");
+                json!({"error": e.to_string(), "code": e.code()})
+            }
+        };
+    }
     let entry = state
         .ledger()
         .event(|s, now| s.preserve_event(now, &principal.name, &reason, record.clone()))

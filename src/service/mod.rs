@@ -30,7 +30,7 @@ use serde_json::Value;
 
 use crate::ledger::Ledger;
 use crate::metrics::HttpLabels;
-use crate::rotator::run::{RunAnswer, RunFailure};
+use crate::rotator::run::{RotationError, RunAnswer, RunFailure};
 use auth::{Principal, TokenTable};
 use error::ApiError;
 
@@ -47,6 +47,13 @@ pub trait RotationControl: Send + Sync + 'static {
     ) -> std::pin::Pin<Box<dyn Future<Output = Result<RunAnswer, RunFailure>> + Send + '_>>;
     /// The rotator's state and recent history as JSON.
     fn status(&self) -> Value;
+    /// Uploads a preserved evidence file (SHA-256 `sha256`) to the archive,
+    /// with the Object Lock retention when configured; answers where it went.
+    fn upload_preserved(
+        &self,
+        path: PathBuf,
+        sha256: String,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Value, RotationError>> + Send + '_>>;
 }
 
 /// Service settings the handlers need.

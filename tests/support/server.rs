@@ -88,13 +88,24 @@ impl TestServer {
         max_body: usize,
         rotation: Option<Arc<dyn RotationControl>>,
     ) -> TestServer {
+        Self::serve_in(ledger, max_body, rotation, &std::env::temp_dir()).await
+    }
+
+    /// [`TestServer::serve`] with `data_dir` as the service's data dir
+    /// (preserved evidence goes under it).
+    pub async fn serve_in(
+        ledger: Ledger,
+        max_body: usize,
+        rotation: Option<Arc<dyn RotationControl>>,
+        data_dir: &Path,
+    ) -> TestServer {
         let state = AppState::new(
             ledger.clone(),
             TokenTable::new(&tokens()),
             ServiceSettings {
                 max_body_bytes: max_body,
                 request_timeout: Duration::from_secs(10),
-                data_dir: std::env::temp_dir(),
+                data_dir: data_dir.to_owned(),
             },
             rotation,
         );
