@@ -503,6 +503,23 @@ mod tests {
     }
 
     #[test]
+    fn the_example_configuration_loads_with_alerts_off() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let overrides = crate::config::Overrides {
+            config: Some(root.join("config/kernels.yaml")),
+            policy: Some(root.join("config/policy.yaml")),
+            ..Default::default()
+        };
+        let cfg = crate::config::Config::load_with(&overrides, &|_| None).unwrap();
+        assert!(cfg.alerts.is_none(), "the example has no webhook");
+        let with_hook = |k: &str| {
+            (k == "KERNELS_ALERTS_WEBHOOK_URL").then(|| "http://127.0.0.1:9/h".to_owned())
+        };
+        let cfg = crate::config::Config::load_with(&overrides, &with_hook).unwrap();
+        assert_eq!(cfg.alerts.unwrap().events.len(), 5);
+    }
+
+    #[test]
     fn only_halts_recoveries_and_policy_updates_alert_from_the_ledger() {
         let entry = |decision: &str, tool: Option<&str>| {
             serde_json::from_value::<Entry>(json!({
