@@ -55,6 +55,8 @@ pub struct RawConfig {
     /// run — the agent runs them after an ALLOW.
     #[serde(default)]
     pub external_tools: Vec<String>,
+    /// `alerts:` (ours): the webhook that hears about halts, failures, …
+    pub alerts: Option<crate::alerts::RawAlerts>,
 }
 
 /// `kernel:` section.
@@ -101,6 +103,8 @@ pub struct RawRotation {
     pub force_path_style: Option<bool>,
     /// Object Lock retention for uploaded objects.
     pub object_lock: Option<RawObjectLock>,
+    /// Longest time one run's archive work may take (default `10m`).
+    pub attempt_timeout: Option<String>,
 }
 
 /// `rotation.object_lock:`.
@@ -232,6 +236,8 @@ pub struct RotationConfig {
     pub force_path_style: bool,
     /// Object Lock retention.
     pub object_lock: Option<ObjectLock>,
+    /// Longest time one run's archive work may take before it counts as failed.
+    pub attempt_timeout: Duration,
 }
 
 /// The validated configuration.
@@ -271,6 +277,8 @@ pub struct Config {
     pub checkpoint_every: u64,
     /// Whether `serve` verifies every stored entry before it starts.
     pub verify_full_on_start: bool,
+    /// Alerts, when a webhook is set.
+    pub alerts: Option<crate::alerts::AlertsConfig>,
 }
 
 /// Values from the command line (they override everything).
@@ -527,6 +535,10 @@ impl Config {
             ("KERNELS_ROTATION_REGION", &mut rotation_raw.region),
             ("KERNELS_ROTATION_ENDPOINT", &mut rotation_raw.endpoint),
             ("KERNELS_ROTATION_INTERVAL", &mut rotation_raw.interval),
+            (
+                "KERNELS_ROTATION_ATTEMPT_TIMEOUT",
+                &mut rotation_raw.attempt_timeout,
+            ),
         ] {
             if let Some(v) = env(var) {
                 *slot = Some(v);
@@ -537,6 +549,9 @@ impl Config {
         }
         let interval = parse_duration(rotation_raw.interval.as_deref().unwrap_or("7d"))
             .map_err(|e| err(format!("rotation.interval: {e}")))?;
+        let attempt_timeout =
+            parse_duration(rotation_raw.attempt_timeout.as_deref().unwrap_or("10m"))
+                .map_err(|e| err(format!("rotation.attempt_timeout: {e}")))?;
         let object_lock = match &rotation_raw.object_lock {
             Some(l) => {
                 let mode = l.mode.to_ascii_uppercase();
@@ -574,6 +589,7 @@ impl Config {
                 endpoint: rotation_raw.endpoint.clone().filter(|e| !e.is_empty()),
                 force_path_style: rotation_raw.force_path_style.unwrap_or(false),
                 object_lock: object_lock.clone(),
+                attempt_timeout,
             });
 
         let permits = raw.permits.unwrap_or_default();
@@ -615,6 +631,9 @@ impl Config {
             }
         };
 
+        let alerts =
+            crate::alerts::AlertsConfig::from_raw(raw.alerts, env, parse_duration).map_err(err)?;
+
         Ok(Config {
             kernel_id,
             variant,
@@ -636,6 +655,7 @@ impl Config {
             cache_bytes: storage.cache_mb.unwrap_or(1) * 1024 * 1024,
             checkpoint_every: storage.checkpoint_every.unwrap_or(10_000).max(1),
             verify_full_on_start,
+            alerts,
         })
     }
 }

@@ -18,6 +18,7 @@
 //! * [`cli`] — the `kernels` command line
 //! * [`allocator`] — allocator tuning for a bounded footprint (the only `unsafe`)
 
+pub mod alerts;
 pub mod allocator;
 pub mod bundle;
 pub mod canonical;

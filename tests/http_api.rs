@@ -1,9 +1,9 @@
 //! The HTTP API against a real server on 127.0.0.1:0 over real sled.
 
-mod common;
+mod support;
 
-use common::*;
 use serde_json::{Value, json};
+use support::server::*;
 
 fn req(id: &str, actor: &str, tool: &str) -> Value {
     json!({"request_id": id, "actor": actor, "intent": "do a thing",

@@ -30,18 +30,30 @@ use serde_json::Value;
 
 use crate::ledger::Ledger;
 use crate::metrics::HttpLabels;
+use crate::rotator::run::{RotationError, RunAnswer, RunFailure};
 use auth::{Principal, TokenTable};
 use error::ApiError;
 
 /// What the rotator offers the HTTP layer.
 pub trait RotationControl: Send + Sync + 'static {
-    /// Runs a rotation now on behalf of `actor`; answers the run's outcome as JSON.
+    /// Starts a rotation run in the rotator's worker on behalf of `actor`
+    /// (or joins the run in progress) and waits at most `wait` for it: its
+    /// outcome, or [`RunAnswer::Running`] with its id when it takes longer
+    /// (the worker carries on). A failed run is retried by the worker.
     fn rotate_now(
         &self,
         actor: String,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Value, String>> + Send + '_>>;
+        wait: Duration,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<RunAnswer, RunFailure>> + Send + '_>>;
     /// The rotator's state and recent history as JSON.
     fn status(&self) -> Value;
+    /// Uploads a preserved evidence file (SHA-256 `sha256`) to the archive,
+    /// with the Object Lock retention when configured; answers where it went.
+    fn upload_preserved(
+        &self,
+        path: PathBuf,
+        sha256: String,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Value, RotationError>> + Send + '_>>;
 }
 
 /// Service settings the handlers need.
@@ -169,12 +181,20 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     let timeout = state.settings().request_timeout;
     let response = match tokio::time::timeout(timeout, next.run(req)).await {
         Ok(r) => r,
-        Err(_) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "timeout",
-            format!("the request took longer than {timeout:?}; a retry with the same request_id returns the recorded receipt"),
-        )
-        .into_response(),
+        Err(_) => {
+            // Only a submission has a request_id whose retry is safe.
+            let hint = if route == "/v1/requests" {
+                "; a retry with the same request_id returns the recorded receipt"
+            } else {
+                ""
+            };
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                format!("the request took longer than {timeout:?}{hint}"),
+            )
+            .into_response()
+        }
     };
     let status = response.status();
     let principal = response
