@@ -845,6 +845,8 @@ fn simulate_python_scenario(tmp: &Path, name: &str) -> (usize, bool) {
     let start_s = start.to_string();
     let mut args = vec![
         "simulate",
+        "--compat",
+        "python",
         "--variant",
         variant,
         "--kernel-id",

@@ -3,6 +3,7 @@
 mod common;
 
 use common::*;
+use kernels::service::{RotationControl, RotationError, RotationRun};
 use serde_json::{Value, json};
 
 fn req(id: &str, actor: &str, tool: &str) -> Value {
@@ -376,5 +377,125 @@ async fn receipts_survive_a_restart_of_the_service() {
     )
     .await;
     assert_eq!(code, 409, "halted: {again}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn routes_are_the_routers_and_the_openapi_documents() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(tmp.path()).await;
+    let (code, doc) = get(&server.url("/v1/openapi.json"), Some(AUDITOR)).await;
+    assert_eq!(code, 200);
+    let documented: std::collections::BTreeSet<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let labelled: std::collections::BTreeSet<&str> =
+        kernels::service::ROUTES.iter().copied().collect();
+    assert_eq!(
+        labelled, documented,
+        "ROUTES must list every documented path"
+    );
+    // Every documented method of every path is routed (never the 404/405
+    // fallbacks), and nothing else is.
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let (code, body) = call(m, &server.url(path), None, None).await;
+            assert!(
+                code != 404 && code != 405,
+                "{method} {path} is documented but not routed: {code} {body}"
+            );
+        }
+    }
+    assert_eq!(get(&server.url("/v1/requests/x"), None).await.0, 404);
+    assert_eq!(get(&server.url("/v2/status"), None).await.0, 404);
+    server.stop().await;
+}
+
+/// A rotator that answers what it is told to (beside the real rotator's
+/// tests in `tests/rotation.rs`): how each outcome reaches the client.
+struct ScriptedRotation {
+    answers: std::sync::Mutex<Vec<Result<RotationRun, RotationError>>>,
+    waits: std::sync::Mutex<Vec<std::time::Duration>>,
+}
+
+impl RotationControl for ScriptedRotation {
+    fn rotate_now(
+        &self,
+        _actor: String,
+        wait: std::time::Duration,
+    ) -> kernels::service::rotation::RotationFuture<'_> {
+        self.waits.lock().unwrap().push(wait);
+        let answer = self.answers.lock().unwrap().remove(0);
+        Box::pin(async move { answer })
+    }
+
+    fn status(&self) -> Value {
+        json!({"enabled": true, "scripted": true})
+    }
+}
+
+#[tokio::test]
+async fn rotation_outcomes_keep_their_kind_over_http() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rotation = std::sync::Arc::new(ScriptedRotation {
+        answers: std::sync::Mutex::new(vec![
+            Ok(RotationRun::Finished(json!({"archived": false}))),
+            Ok(RotationRun::Running {
+                run_id: "run-7".into(),
+            }),
+            Err(RotationError::Failed(
+                "the bucket refused the upload".into(),
+            )),
+            Err(RotationError::TimedOut(
+                "no answer from S3 within 30s".into(),
+            )),
+            Err(RotationError::AlreadyRunning),
+            Err(RotationError::NotConfigured),
+            Err(RotationError::Ledger(
+                kernels::ledger::LedgerError::Unavailable("disk".into()),
+            )),
+        ]),
+        waits: std::sync::Mutex::new(Vec::new()),
+    });
+    let server = TestServer::start_with(tmp.path(), 64 * 1024, Some(rotation.clone())).await;
+    let url = server.url("/v1/rotations");
+    let expected = [
+        (200, None),
+        (202, None),
+        (502, Some("rotation_failed")),
+        (504, Some("rotation_timeout")),
+        (409, Some("rotation_running")),
+        (409, Some("rotation_disabled")),
+        (503, Some("unavailable")),
+    ];
+    let mut answers = Vec::new();
+    for (status, code) in expected {
+        let (got, body) = post(&url, Some(OPERATOR), &json!(null)).await;
+        assert_eq!(got, status, "{body}");
+        if let Some(code) = code {
+            assert_eq!(body["code"], code, "{body}");
+            assert!(body["error"].is_string(), "{body}");
+        }
+        answers.push(body);
+    }
+    assert_eq!(answers[0], json!({"archived": false}));
+    assert_eq!(answers[1]["run_id"], "run-7");
+    assert_eq!(answers[1]["running"], true);
+    assert!(
+        answers[2]["error"]
+            .as_str()
+            .unwrap()
+            .contains("refused the upload")
+    );
+    // Every call was told to answer well before the request timeout (10 s).
+    for wait in rotation.waits.lock().unwrap().iter() {
+        assert!(*wait < std::time::Duration::from_secs(10), "{wait:?}");
+    }
+    let (code, status) = get(&url, Some(AUDITOR)).await;
+    assert_eq!((code, &status["scripted"]), (200, &json!(true)));
     server.stop().await;
 }

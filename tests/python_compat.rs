@@ -15,7 +15,7 @@ use kernels::bundle;
 use kernels::chain::ChainVerifier;
 use kernels::entry::Entry;
 use kernels::kernel::{
-    DecideContext, EventError, Keyring, MemoryKernel, Policy, RawRequest, Refusal, Variant,
+    Compat, DecideContext, EventError, Keyring, MemoryKernel, Policy, RawRequest, Refusal, Variant,
 };
 use serde_json::Value;
 
@@ -120,6 +120,8 @@ fn run_scenario(name: &str) -> Outcome {
             keyring: &keyring,
             jurisdiction: "default",
             external_tools: &kernels::kernel::decide::NO_EXTERNAL_TOOLS,
+            // The library's entry format: no tool_name on a DENY.
+            compat: Compat::Python,
         };
         match step["op"].as_str().unwrap() {
             "submit" => {

@@ -263,7 +263,7 @@ async fn an_outage_does_not_slow_decisions_and_the_next_run_catches_up() {
         stop_rx,
     );
     submit_n(&ledger, "b", 10).await;
-    assert!(rotator.rotate_now("ops".into()).await.is_err());
+    assert!(rotator.run_logged("ops").await.is_err());
     let status = rotator.status();
     assert_eq!(status["failing"], true, "{status}");
     assert!(status["last_error"].is_string());
@@ -285,7 +285,7 @@ async fn an_outage_does_not_slow_decisions_and_the_next_run_catches_up() {
     );
 
     server.restart().await;
-    let outcome = rotator.rotate_now("ops".into()).await.unwrap();
+    let outcome = rotator.run_logged("ops").await.unwrap().to_value();
     assert_eq!(outcome["archived"], true, "{outcome}");
     let report = archive::verify(&t.objects, "kernels-archive", "k-rot")
         .await

@@ -117,7 +117,7 @@ pub(super) fn validate(args: ValidateArgs) -> CliResult {
         }
         _ => return Err(CliError::unusable("a request must be a JSON object")),
     };
-    if let Err(invalid) = raw.validate(0) {
+    if let Err(invalid) = raw.validate() {
         problems.extend(invalid.errors);
     }
     if problems.is_empty() {

@@ -24,8 +24,6 @@ pub mod run;
 pub mod segment;
 
 use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,7 +32,9 @@ use serde_json::{Value, json};
 
 use crate::config::RotationConfig;
 use crate::ledger::{Clock, Ledger, SystemClock};
-use crate::service::RotationControl;
+use crate::service::rotation::{
+    RotationControl, RotationError as ServiceRotationError, RotationFuture, RotationRun,
+};
 use objects::{Objects, S3Settings};
 use run::{Outcome, Target};
 
@@ -255,11 +255,13 @@ pub fn backoff(failures: u32) -> Duration {
 }
 
 impl RotationControl for Rotator {
-    fn rotate_now(
-        &self,
-        actor: String,
-    ) -> Pin<Box<dyn Future<Output = Result<Value, String>> + Send + '_>> {
-        Box::pin(async move { self.run_logged(&actor).await.map(|o| o.to_value()) })
+    fn rotate_now(&self, actor: String, _wait: Duration) -> RotationFuture<'_> {
+        Box::pin(async move {
+            self.run_logged(&actor)
+                .await
+                .map(|o| RotationRun::Finished(o.to_value()))
+                .map_err(ServiceRotationError::Failed)
+        })
     }
 
     fn status(&self) -> Value {

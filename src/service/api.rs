@@ -15,12 +15,11 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::AppState;
 use super::auth::Principal;
 use super::error::ApiError;
-use crate::bundle::{BundleWriter, ExportHeader};
+use super::{AppState, RotationRun};
 use crate::config::Role;
-use crate::kernel::{Policy, RawRequest, Receipt};
+use crate::kernel::{DenyReason, Policy, RawRequest, Receipt, Submission};
 
 const READERS: &[Role] = &[Role::Auditor, Role::Operator];
 const SUBMITTERS: &[Role] = &[Role::Agent, Role::Operator];
@@ -35,11 +34,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    "the request body is larger than the configured limit",
-                )
+                ApiError::PayloadTooLarge
             } else {
                 ApiError::bad_request("bad_body", rejection.body_text())
             }
@@ -64,15 +59,11 @@ pub async fn health() -> Json<Value> {
 
 /// `GET /ready`: 200 only when the ledger is open, verified and accepting.
 #[utoipa::path(get, path = "/ready", responses((status = 200, description = "Ready"), (status = 503, description = "Not ready")))]
-pub async fn ready(State(state): State<AppState>) -> Response {
+pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     if state.ledger().is_ready() {
-        Json(json!({"status": "ready"})).into_response()
+        Ok(Json(json!({"status": "ready"})))
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable"})),
-        )
-            .into_response()
+        Err(ApiError::NotReady)
     }
 }
 
@@ -113,21 +104,18 @@ pub async fn submit(
     principal.require(SUBMITTERS)?;
     let raw = RawRequest::from_value(body)
         .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
-    // Structurally invalid requests are client errors here: nothing is recorded.
-    let validated = raw.validate(0).map_err(|invalid| {
+    // Validated once, here; the decision reads the outcome. Over HTTP a
+    // structurally invalid request is the client's mistake: nothing is
+    // recorded (the kernel itself refuses reserved ids).
+    let submission = Submission::new(&raw);
+    let request = submission.checked().map_err(|invalid| {
         ApiError::bad_request(
             "invalid_request",
-            format!("Validation failed: {}", invalid.errors.join("; ")),
+            DenyReason::Invalid.error(&invalid.errors.join("; ")),
         )
     })?;
-    if validated.request_id == "HALT" || validated.request_id.starts_with("kernel.") {
-        return Err(ApiError::bad_request(
-            "invalid_request",
-            "request ids \"HALT\" and \"kernel.*\" are reserved for operational events",
-        ));
-    }
-    principal.may_act_as(&validated.actor)?;
-    let receipt = state.ledger().submit(&raw).await?;
+    principal.may_act_as(&request.actor)?;
+    let receipt = state.ledger().submit(submission).await?;
     Ok(Json(receipt))
 }
 
@@ -181,40 +169,23 @@ pub async fn evidence(
             format!("from_seq {from} is after the range end"),
         ));
     }
-    let status = ledger.status();
-    let anchor = ledger
-        .entry_hash_at(from)
-        .ok_or_else(|| ApiError::internal("cannot read the anchor entry"))?;
-    let root = ledger
-        .entry_hash_at(to)
-        .ok_or_else(|| ApiError::internal("cannot read the last entry"))?;
-    let now = crate::ledger::Clock::now_ms(&crate::ledger::SystemClock);
+    // Both ends must be readable before the answer starts (afterwards a
+    // failure can only cut the stream).
+    if ledger.entry_hash_at(from).is_none() || ledger.entry_hash_at(to).is_none() {
+        return Err(ApiError::internal(format!(
+            "cannot read the ends of the range {from}..{to}"
+        )));
+    }
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
     tokio::task::spawn_blocking(move || {
-        let mut sink = ChannelWriter {
-            tx,
+        let sink = ChannelWriter {
+            tx: tx.clone(),
             buf: Vec::with_capacity(64 * 1024),
         };
-        let header = ExportHeader {
-            kernel_id: &status.kernel_id,
-            variant: &status.variant,
-            exported_at_ms: now,
-            from_seq: (from > 0).then_some(from),
-            anchor_hash: (from > 0).then_some(anchor.as_str()),
-            root_hash: &root,
-        };
-        let result = (|| -> std::io::Result<()> {
-            let mut w = BundleWriter::start(&mut sink, &header)?;
-            for entry in ledger.entries(from, to) {
-                let entry = entry.map_err(|e| std::io::Error::other(e.to_string()))?;
-                w.entry(&entry)?;
-            }
-            w.finish()?;
-            Ok(())
-        })();
-        if let Err(e) = result {
+        // The bundle's end flushes the last chunk down the channel.
+        if let Err(e) = crate::evidence::export(&ledger, from, to, sink) {
             tracing::error!(error = %e, "evidence export failed mid-stream");
-            let _ = sink.tx.blocking_send(Err(e));
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
         }
     });
     let stream = futures::stream::unfold(rx, |mut rx| async move {
@@ -481,25 +452,29 @@ pub async fn rotations(
     }
 }
 
-/// `POST /v1/rotations`: rotate now.
-#[utoipa::path(post, path = "/v1/rotations", responses((status = 200, description = "The run's outcome"), (status = 409, body = super::error::ErrorBody), (status = 502, body = super::error::ErrorBody)), security(("bearer" = [])))]
+/// `POST /v1/rotations`: start a rotation run now (or join the one in
+/// progress); its outcome if it ends within the request timeout, else 202
+/// with the run's id (the run goes on in the worker).
+#[utoipa::path(post, path = "/v1/rotations", responses((status = 200, description = "The run's outcome"), (status = 202, description = "{run_id, running: true}: the run goes on in the worker"), (status = 409, body = super::error::ErrorBody), (status = 502, body = super::error::ErrorBody), (status = 504, body = super::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn rotate(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     principal.require(OPERATORS)?;
-    let rotation = state.rotation().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::CONFLICT,
-            "rotation_disabled",
-            "rotation is off: no bucket is configured",
+    let rotation = state
+        .rotation()
+        .ok_or(super::RotationError::NotConfigured)?;
+    // Answer before the request timeout cuts the call off.
+    let timeout = state.settings().request_timeout;
+    let wait = timeout.saturating_sub(timeout / 10);
+    match rotation.rotate_now(principal.name.clone(), wait).await? {
+        RotationRun::Finished(outcome) => Ok(Json(outcome).into_response()),
+        RotationRun::Running { run_id } => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"running": true, "run_id": run_id})),
         )
-    })?;
-    rotation
-        .rotate_now(principal.name.clone())
-        .await
-        .map(Json)
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "rotation_failed", e))
+            .into_response()),
+    }
 }
 
 /// `POST /v1/verify`: verify the whole stored chain.
@@ -520,14 +495,10 @@ pub async fn verify(
 
 /// Any other path.
 pub async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+    ApiError::NotFound
 }
 
 /// A known path with another method.
 pub async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "this endpoint does not take that method",
-    )
+    ApiError::MethodNotAllowed
 }

@@ -117,7 +117,7 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
             response.extensions_mut().insert(principal);
             response
         }
-        None => ApiError::unauthorized().into_response(),
+        None => ApiError::Unauthorized.into_response(),
     }
 }
 

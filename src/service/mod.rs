@@ -9,11 +9,13 @@
 //! * [`auth`] — bearer tokens and roles
 //! * [`error`] — the one place errors become status codes
 //! * [`openapi`] — the OpenAPI document, generated from the handlers
+//! * [`rotation`] — what the service asks of the rotator, and its errors
 
 pub mod api;
 pub mod auth;
 pub mod error;
 pub mod openapi;
+pub mod rotation;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -22,27 +24,15 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde_json::Value;
 
 use crate::ledger::Ledger;
 use crate::metrics::HttpLabels;
 use auth::{Principal, TokenTable};
 use error::ApiError;
-
-/// What the rotator offers the HTTP layer.
-pub trait RotationControl: Send + Sync + 'static {
-    /// Runs a rotation now on behalf of `actor`; answers the run's outcome as JSON.
-    fn rotate_now(
-        &self,
-        actor: String,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Value, String>> + Send + '_>>;
-    /// The rotator's state and recent history as JSON.
-    fn status(&self) -> Value;
-}
+pub use rotation::{RotationControl, RotationError, RotationRun};
 
 /// Service settings the handlers need.
 #[derive(Debug, Clone)]
@@ -107,7 +97,8 @@ impl AppState {
     }
 }
 
-/// Every path the service answers (the metrics' route label).
+/// Every path the service answers (the metrics' route label); a test checks
+/// it against the router and the OpenAPI document.
 pub const ROUTES: &[&str] = &[
     "/health",
     "/ready",
@@ -169,12 +160,7 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     let timeout = state.settings().request_timeout;
     let response = match tokio::time::timeout(timeout, next.run(req)).await {
         Ok(r) => r,
-        Err(_) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "timeout",
-            format!("the request took longer than {timeout:?}; a retry with the same request_id returns the recorded receipt"),
-        )
-        .into_response(),
+        Err(_) => ApiError::Timeout(timeout).into_response(),
     };
     let status = response.status();
     let principal = response
