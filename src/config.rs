@@ -1,7 +1,8 @@
 //! Configuration: the file, then `KERNELS_*` environment variables, then
 //! command-line flags — validated into one typed [`Config`] in one place.
 //!
-//! The raw layer mirrors `config/kernels.yaml` (CONTRACT §7) with
+//! The raw layer mirrors `config/kernels.yaml` (every key is described there
+//! and in README.md, "Configuration") with
 //! `deny_unknown_fields`, so a misspelt key is an error that names it. The
 //! typed layer has every default filled, every duration parsed, every token
 //! secret read, and the policy file loaded.

@@ -1527,7 +1527,7 @@ fn data_dir_commands_on_a_served_ledger_and_a_restart_keeps_the_halt() {
     assert_eq!(start["state_to"], "HALTED");
 }
 
-/// CONTRACT §3/§4: a restart records a policy update only when the policy
+/// README.md ("Configuration"): a restart records a policy update only when the policy
 /// *file* changed. An operator's audited `PUT /v1/policy` must survive a
 /// restart with the same, unchanged file.
 #[test]

@@ -23,7 +23,7 @@ use serde_json::Value;
 /// answer instead (`ALLOW`, or a text our error contains).
 const DIVERGENCES: &[(&str, &str)] = &[
     // The library lets a permit for `add` authorise `echo` when the policy
-    // allows every tool; CONTRACT §3 binds a permit to its action.
+    // allows every tool; ours binds a permit to its action (README.md, "Permits").
     ("pm-action-mismatch", "ACTION_MISMATCH"),
     // The library burns a nonce use on a refused attempt (and its own ledger
     // replay forgets it); ours counts only ALLOWed uses, as replay does.

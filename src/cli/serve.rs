@@ -163,14 +163,7 @@ async fn run(config: Config) -> CliResult {
         rotation,
     );
     let app = crate::service::router(state);
-    let mut stop = shutdown_rx.clone();
-    let shutdown = async move {
-        tokio::select! {
-            _ = crate::service::shutdown_signal() => {},
-            _ = stop.changed() => {},
-        }
-    };
-    let served = crate::service::serve(listener, app, shutdown).await;
+    let served = crate::service::serve(listener, app, crate::service::shutdown_signal()).await;
     let _ = shutdown_tx.send(true);
     if let Some(r) = rotator {
         r.stopped().await;
