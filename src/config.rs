@@ -136,6 +136,12 @@ pub struct RawLimits {
     pub max_body_bytes: Option<usize>,
     /// Request timeout (default `10s`).
     pub request_timeout: Option<String>,
+    /// How long a connection may take to send a request's headers, and how
+    /// long it may stay idle between requests (default `10s`).
+    pub header_timeout: Option<String>,
+    /// Most connections served at once (default: the open-file limit less
+    /// what the service needs for itself).
+    pub max_connections: Option<usize>,
 }
 
 /// `storage:` section.
@@ -266,6 +272,11 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Request timeout.
     pub request_timeout: Duration,
+    /// Header-read (and keep-alive idle) timeout of a connection.
+    pub header_timeout: Duration,
+    /// Most connections served at once, as configured (`None`: as many as
+    /// the open-file limit allows; see `service::conn`).
+    pub max_connections: Option<usize>,
     /// sled cache in bytes.
     pub cache_bytes: u64,
     /// Entries between checkpoints.
@@ -291,30 +302,82 @@ pub struct Overrides {
     pub variant: Option<String>,
 }
 
-/// Parses a duration like `7d`, `12h`, `30m`, `10s`, `250ms`.
+/// The longest duration any setting takes (100 years): every later
+/// computation in milliseconds or `Instant`s stays far from overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// Parses a positive duration like `7d`, `12h`, `30m`, `10s`, `250ms` (at
+/// most [`MAX_DURATION`]).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("'{text}' is not a duration (use s, m, h or d units, e.g. 7d)"))?;
-    let secs = match unit.trim() {
-        "ms" => return Ok(Duration::from_millis(n)),
-        "s" | "" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
+    if num.is_empty() {
+        return Err(format!(
+            "'{text}' is not a duration (use ms, s, m, h or d units, e.g. 7d)"
+        ));
+    }
+    let ms_per_unit: u64 = match unit.trim() {
+        "ms" => 1,
+        "s" | "" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
         other => {
             return Err(format!(
-                "'{text}': unknown unit '{other}' (use s, m, h or d)"
+                "'{text}': unknown unit '{other}' (use ms, s, m, h or d)"
             ));
         }
     };
+    let too_long = || {
+        format!(
+            "'{text}' is too long (at most {}d)",
+            MAX_DURATION.as_secs() / 86_400
+        )
+    };
+    // All digits: a parse failure can only be a number past u64.
+    let n: u64 = num.parse().map_err(|_| too_long())?;
     if n == 0 {
         return Err(format!("'{text}': a duration must be positive"));
     }
-    Ok(Duration::from_secs(secs))
+    let ms = n
+        .checked_mul(ms_per_unit)
+        .filter(|ms| u128::from(*ms) <= MAX_DURATION.as_millis())
+        .ok_or_else(too_long)?;
+    Ok(Duration::from_millis(ms))
+}
+
+/// A duration setting: the environment variable `var` overrides the file's
+/// `key`; `default` applies when neither is given. Errors name where the
+/// bad value came from.
+fn duration_setting(
+    key: &str,
+    var: &str,
+    file: Option<&str>,
+    default: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Duration, ConfigError> {
+    match env(var) {
+        Some(v) => parse_duration(&v).map_err(|e| err(format!("{var} ({key}): {e}"))),
+        None => parse_duration(file.unwrap_or(default)).map_err(|e| err(format!("{key}: {e}"))),
+    }
+}
+
+/// A count setting: `var` overrides the file's `key`.
+fn count_setting(
+    key: &str,
+    var: &str,
+    file: Option<usize>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<usize>, ConfigError> {
+    match env(var) {
+        Some(v) => v
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| err(format!("{var} ({key}) '{v}' is not a number"))),
+        None => Ok(file),
+    }
 }
 
 /// Reads the raw config file, if any: `--config`, else `KERNELS_CONFIG`,
@@ -527,7 +590,6 @@ impl Config {
             ("KERNELS_ROTATION_PREFIX", &mut rotation_raw.prefix),
             ("KERNELS_ROTATION_REGION", &mut rotation_raw.region),
             ("KERNELS_ROTATION_ENDPOINT", &mut rotation_raw.endpoint),
-            ("KERNELS_ROTATION_INTERVAL", &mut rotation_raw.interval),
         ] {
             if let Some(v) = env(var) {
                 *slot = Some(v);
@@ -536,8 +598,16 @@ impl Config {
         if let Some(v) = env("KERNELS_ROTATION_FORCE_PATH_STYLE") {
             rotation_raw.force_path_style = Some(matches!(v.as_str(), "1" | "true" | "yes"));
         }
-        let interval = parse_duration(rotation_raw.interval.as_deref().unwrap_or("7d"))
-            .map_err(|e| err(format!("rotation.interval: {e}")))?;
+        let interval = duration_setting(
+            "rotation.interval",
+            "KERNELS_ROTATION_INTERVAL",
+            rotation_raw.interval.as_deref(),
+            "7d",
+            env,
+        )?;
+        if env("KERNELS_ROTATION_INTERVAL").is_some() {
+            rotation_raw.interval = env("KERNELS_ROTATION_INTERVAL");
+        }
         let object_lock = match &rotation_raw.object_lock {
             Some(l) => {
                 let mode = l.mode.to_ascii_uppercase();
@@ -603,8 +673,29 @@ impl Config {
         if max_body_bytes < 1024 {
             return Err(err("limits.max_body_bytes must be at least 1024"));
         }
-        let request_timeout = parse_duration(limits.request_timeout.as_deref().unwrap_or("10s"))
-            .map_err(|e| err(format!("limits.request_timeout: {e}")))?;
+        let request_timeout = duration_setting(
+            "limits.request_timeout",
+            "KERNELS_REQUEST_TIMEOUT",
+            limits.request_timeout.as_deref(),
+            "10s",
+            env,
+        )?;
+        let header_timeout = duration_setting(
+            "limits.header_timeout",
+            "KERNELS_HEADER_TIMEOUT",
+            limits.header_timeout.as_deref(),
+            "10s",
+            env,
+        )?;
+        let max_connections = count_setting(
+            "limits.max_connections",
+            "KERNELS_MAX_CONNECTIONS",
+            limits.max_connections,
+            env,
+        )?;
+        if max_connections == Some(0) {
+            return Err(err("limits.max_connections must be at least 1"));
+        }
         let storage = raw.storage.unwrap_or_default();
         let verify_full_on_start = match storage.verify_on_start.as_deref() {
             None | Some("full") => true,
@@ -634,6 +725,8 @@ impl Config {
             external_tools: raw.external_tools.into_iter().collect(),
             max_body_bytes,
             request_timeout,
+            header_timeout,
+            max_connections,
             cache_bytes: storage.cache_mb.unwrap_or(1) * 1024 * 1024,
             checkpoint_every: storage.checkpoint_every.unwrap_or(10_000).max(1),
             verify_full_on_start,
@@ -733,9 +826,69 @@ mod tests {
         assert_eq!(parse_duration("15s").unwrap(), Duration::from_secs(15));
         assert!(parse_duration("7w").is_err());
         assert!(parse_duration("0s").is_err());
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("36500d").unwrap(), MAX_DURATION);
         let raw: RawConfig = serde_norway::from_str("kernel:\n  variant: lenient\n").unwrap();
         assert!(Config::from_raw(raw, &Overrides::default(), &env_of(&[])).is_err());
         let raw: RawConfig = serde_norway::from_str("listen: nowhere\n").unwrap();
         assert!(Config::from_raw(raw, &Overrides::default(), &env_of(&[])).is_err());
+    }
+
+    #[test]
+    fn every_duration_key_refuses_zero_and_overflow_naming_the_key() {
+        for bad in [
+            "0ms",
+            "0s",
+            "0d",
+            "213503982334602d",
+            "36501d",
+            "99999999999999999999999s",
+            "ms",
+            "-1s",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+            for (section, key, var) in [
+                ("limits", "request_timeout", "KERNELS_REQUEST_TIMEOUT"),
+                ("limits", "header_timeout", "KERNELS_HEADER_TIMEOUT"),
+                ("rotation", "interval", "KERNELS_ROTATION_INTERVAL"),
+            ] {
+                let name = format!("{section}.{key}");
+                let raw: RawConfig =
+                    serde_norway::from_str(&format!("{section}:\n  {key}: \"{bad}\"\n")).unwrap();
+                let e = Config::from_raw(raw, &Overrides::default(), &env_of(&[]))
+                    .expect_err(&format!("{name}: {bad}"));
+                assert!(e.to_string().contains(&name), "{name} {bad}: {e}");
+                let e = Config::from_raw(
+                    RawConfig::default(),
+                    &Overrides::default(),
+                    &env_of(&[(var, bad)]),
+                )
+                .expect_err(&format!("{var}: {bad}"));
+                assert!(
+                    e.to_string().contains(var) && e.to_string().contains(&name),
+                    "{var} {bad}: {e}"
+                );
+            }
+        }
+        let cfg = Config::from_raw(
+            RawConfig::default(),
+            &Overrides::default(),
+            &env_of(&[
+                ("KERNELS_HEADER_TIMEOUT", "2s"),
+                ("KERNELS_MAX_CONNECTIONS", "100"),
+                ("KERNELS_REQUEST_TIMEOUT", "1500ms"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.header_timeout, Duration::from_secs(2));
+        assert_eq!(cfg.request_timeout, Duration::from_millis(1500));
+        assert_eq!(cfg.max_connections, Some(100));
+        let e = Config::from_raw(
+            RawConfig::default(),
+            &Overrides::default(),
+            &env_of(&[("KERNELS_MAX_CONNECTIONS", "0")]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("limits.max_connections"), "{e}");
     }
 }
