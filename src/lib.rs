@@ -24,7 +24,8 @@
 //!   one lock, group commit
 //! * [`evidence`] — exports of a ledger and preserved evidence for incidents
 //! * [`rotator`] — archives to S3 and the forensic path back from them
-//! * [`service`] — the HTTP API (axum): handlers, auth, errors, OpenAPI
+//! * [`service`] — the HTTP API (axum): handlers, auth, errors, connection
+//!   limits, OpenAPI
 //! * [`config`] — the configuration: file, `KERNELS_*` environment, flags
 //! * [`metrics`] — Prometheus metrics
 //! * [`cli`] — the `kernels` command line

@@ -163,7 +163,12 @@ async fn run(config: Config) -> CliResult {
         rotation,
     );
     let app = crate::service::router(state);
-    let served = crate::service::serve(listener, app, crate::service::shutdown_signal()).await;
+    let limits = crate::service::ConnectionLimits {
+        header_timeout: config.header_timeout,
+        max_connections: config.max_connections,
+    };
+    let served =
+        crate::service::serve_with(listener, app, crate::service::shutdown_signal(), limits).await;
     let _ = shutdown_tx.send(true);
     if let Some(r) = rotator {
         r.stopped().await;

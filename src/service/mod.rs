@@ -10,9 +10,11 @@
 //! * [`error`] — the one place errors become status codes
 //! * [`openapi`] — the OpenAPI document, generated from the handlers
 //! * [`rotation`] — what the service asks of the rotator, and its errors
+//! * [`conn`] — the accept loop: header-read timeout and connection cap
 
 pub mod api;
 pub mod auth;
+pub mod conn;
 pub mod error;
 pub mod openapi;
 pub mod rotation;
@@ -31,6 +33,7 @@ use axum::routing::{get, post};
 use crate::ledger::Ledger;
 use crate::metrics::HttpLabels;
 use auth::{Principal, TokenTable};
+pub use conn::{ConnectionLimits, serve_with};
 use error::ApiError;
 pub use rotation::{RotationControl, RotationError, RotationRun};
 
@@ -146,7 +149,8 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Per-request: time limit, metrics, one log line.
+/// Per-request: a declared body over the limit refused at once (413, not
+/// after the body has trickled in), time limit, metrics, one log line.
 async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
@@ -158,9 +162,18 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         .map_or("other", |r| r)
         .to_owned();
     let timeout = state.settings().request_timeout;
-    let response = match tokio::time::timeout(timeout, next.run(req)).await {
-        Ok(r) => r,
-        Err(_) => ApiError::Timeout(timeout).into_response(),
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let response = if declared.is_some_and(|n| n > state.settings().max_body_bytes as u64) {
+        ApiError::PayloadTooLarge.into_response()
+    } else {
+        match tokio::time::timeout(timeout, next.run(req)).await {
+            Ok(r) => r,
+            Err(_) => ApiError::Timeout(timeout).into_response(),
+        }
     };
     let status = response.status();
     let principal = response
@@ -187,16 +200,14 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     response
 }
 
-/// Serves `router` on `listener` until `shutdown` completes; in-flight
-/// requests finish before this returns.
+/// Serves `router` on `listener` with the default [`ConnectionLimits`]
+/// until `shutdown` completes; in-flight requests finish before this returns.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_with(listener, app, shutdown, ConnectionLimits::default()).await
 }
 
 /// Completes on Ctrl-C or SIGTERM.
