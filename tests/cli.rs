@@ -975,15 +975,27 @@ fn bundle_entries(text: &str) -> (Value, Vec<Value>) {
     (bundle, entries)
 }
 
-#[test]
-fn data_dir_commands_on_a_served_ledger_and_a_restart_keeps_the_halt() {
-    let tmp = tempdir();
-    let cfg = serve_config(tmp.path());
-    let data = path_str(&cfg.data_dir).to_owned();
-    let rt = runtime();
-    let client = http::client();
+/// A ledger written by a real `kernels serve` (policy `SERVE_POLICY`):
+/// eight requests, an operator's policy update and a halt, then a clean
+/// stop with SIGTERM. Every scenario below starts from its own copy.
+struct Served {
+    tmp: tempfile::TempDir,
+    cfg: ServeConfig,
+    data: String,
+    receipts: BTreeMap<String, Value>,
+    policy_seq: u64,
+    halt_seq: u64,
+    length: u64,
+    root: String,
+}
 
-    let server = Server::start(&cfg);
+/// Starts `kernels serve` on a fresh data dir and submits five requests.
+fn serve_and_decide(
+    cfg: &ServeConfig,
+    rt: &tokio::runtime::Runtime,
+    client: &reqwest::Client,
+) -> (Server, BTreeMap<String, Value>) {
+    let server = Server::start(cfg);
     let mut receipts: BTreeMap<String, Value> = BTreeMap::new();
     rt.block_on(async {
         for (id, actor, tool, params, decision) in [
@@ -994,7 +1006,7 @@ fn data_dir_commands_on_a_served_ledger_and_a_restart_keeps_the_halt() {
             ("r5", "agent-001", "rm", json!({"path": "/"}), "DENY"),
         ] {
             let (code, r) = http::post(
-                &client,
+                client,
                 &server.url("/v1/requests"),
                 AGENT,
                 &request(id, actor, tool, params),
@@ -1007,35 +1019,20 @@ fn data_dir_commands_on_a_served_ledger_and_a_restart_keeps_the_halt() {
     });
     assert_eq!(receipts["r1"]["tool_result"], "one");
     assert_eq!(receipts["r3"]["tool_result"], 5);
+
+    (server, receipts)
+}
+
+/// [`serve_and_decide`], then a policy update, three more requests and a
+/// halt; then SIGTERM.
+fn served_ledger() -> Served {
+    let tmp = tempdir();
+    let cfg = serve_config(tmp.path());
+    let data = path_str(&cfg.data_dir).to_owned();
+    let rt = runtime();
+    let client = http::client();
+    let (server, mut receipts) = serve_and_decide(&cfg, &rt, &client);
     let receipts_before_policy = receipts.len();
-
-    // While the service holds the data dir, offline commands refuse at once.
-    for args in [
-        vec!["export", "--data-dir", &data],
-        vec!["verify", "--data-dir", &data],
-        vec!["replay", "--data-dir", &data],
-        vec!["info", "--data-dir", &data],
-        vec![
-            "investigate",
-            "--data-dir",
-            &data,
-            "--from-ms",
-            "0",
-            "--to-ms",
-            "1",
-        ],
-    ] {
-        let out = run(tmp.path(), &args, None);
-        out.expect_unusable(&format!("{args:?} while serving"));
-        assert!(out.stderr.contains("in use"), "{args:?}: {}", out.stderr);
-        assert!(
-            out.elapsed < std::time::Duration::from_secs(5),
-            "{args:?} took {:?}: it must fail fast, not wait",
-            out.elapsed
-        );
-        assert!(out.stdout.is_empty(), "{args:?}: {}", out.stdout);
-    }
-
     let (policy_seq, halt_seq, status_before_stop) = rt.block_on(async {
         let (code, policy) = http::get(&client, &server.url("/v1/policy"), AUDITOR).await;
         assert_eq!(code, 200, "{policy}");
@@ -1104,6 +1101,77 @@ fn data_dir_commands_on_a_served_ledger_and_a_restart_keeps_the_halt() {
     let length = halt_seq + 1;
     let root = status_before_stop["root_hash"].as_str().unwrap().to_owned();
 
+    Served {
+        tmp,
+        cfg,
+        data,
+        receipts,
+        policy_seq,
+        halt_seq,
+        length,
+        root,
+    }
+}
+
+/// Every entry of a served ledger, as `kernels export` writes them.
+fn exported_entries(served: &Served) -> Vec<Value> {
+    let out = run(
+        served.tmp.path(),
+        &["export", "--data-dir", &served.data],
+        None,
+    );
+    out.expect_code(0, "export to stdout");
+    bundle_entries(&out.stdout).1
+}
+
+#[test]
+fn offline_commands_refuse_a_data_dir_held_by_serve() {
+    let tmp = tempdir();
+    let cfg = serve_config(tmp.path());
+    let data = path_str(&cfg.data_dir).to_owned();
+    let rt = runtime();
+    let client = http::client();
+    let (server, _) = serve_and_decide(&cfg, &rt, &client);
+    // While the service holds the data dir, offline commands refuse at once.
+    for args in [
+        vec!["export", "--data-dir", &data],
+        vec!["verify", "--data-dir", &data],
+        vec!["replay", "--data-dir", &data],
+        vec!["info", "--data-dir", &data],
+        vec![
+            "investigate",
+            "--data-dir",
+            &data,
+            "--from-ms",
+            "0",
+            "--to-ms",
+            "1",
+        ],
+    ] {
+        let out = run(tmp.path(), &args, None);
+        out.expect_unusable(&format!("{args:?} while serving"));
+        assert!(out.stderr.contains("in use"), "{args:?}: {}", out.stderr);
+        assert!(
+            out.elapsed < std::time::Duration::from_secs(5),
+            "{args:?} took {:?}: it must fail fast, not wait",
+            out.elapsed
+        );
+        assert!(out.stdout.is_empty(), "{args:?}: {}", out.stdout);
+    }
+
+    let (code, stderr) = server.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
+fn verify_data_dir_checks_a_served_ledger() {
+    let Served {
+        tmp,
+        data,
+        length,
+        root,
+        ..
+    } = served_ledger();
     // verify --data-dir
     let out = run(tmp.path(), &["verify", "--data-dir", &data], None);
     out.expect_code(0, "verify --data-dir");
@@ -1120,7 +1188,20 @@ fn data_dir_commands_on_a_served_ledger_and_a_restart_keeps_the_halt() {
         None,
     );
     out.expect_unusable("verify with both a bundle and --data-dir");
+}
 
+#[test]
+fn export_writes_the_served_ledger_and_ranges_that_verify_alone() {
+    let Served {
+        tmp,
+        data,
+        receipts,
+        policy_seq,
+        halt_seq,
+        length,
+        root,
+        ..
+    } = served_ledger();
     // export --out, then verify the file.
     let export_file = tmp.path().join("export.json");
     let out = run(
@@ -1275,7 +1356,17 @@ fn data_dir_commands_on_a_served_ledger_and_a_restart_keeps_the_halt() {
         None,
     );
     out.expect_unusable("export past the head");
+}
 
+#[test]
+fn info_data_dir_describes_the_served_ledger() {
+    let Served {
+        tmp,
+        data,
+        length,
+        root,
+        ..
+    } = served_ledger();
     // info --data-dir
     let out = run(tmp.path(), &["info", "--data-dir", &data, "--json"], None);
     out.expect_code(0, "info --data-dir --json");
@@ -1300,7 +1391,22 @@ fn data_dir_commands_on_a_served_ledger_and_a_restart_keeps_the_halt() {
     ] {
         assert!(out.stdout.contains(&want), "{want}: {}", out.stdout);
     }
+}
 
+#[test]
+fn replay_rebuilds_the_state_at_a_seq_or_a_time() {
+    let served = served_ledger();
+    let entries = exported_entries(&served);
+    let Served {
+        tmp,
+        data,
+        receipts,
+        policy_seq,
+        halt_seq,
+        length,
+        root,
+        ..
+    } = served;
     // replay: after the policy update, before the halt; before the update; the head.
     let before_halt = receipts["r7"]["ledger_seq"].as_u64().unwrap();
     assert!(policy_seq < before_halt && before_halt < halt_seq);
@@ -1381,7 +1487,22 @@ fn data_dir_commands_on_a_served_ledger_and_a_restart_keeps_the_halt() {
         None,
     );
     assert_eq!(out.code, Some(2), "--until-seq with --at-ms: {out:?}");
+}
 
+#[test]
+fn investigate_lists_a_time_range_with_the_state_before_it() {
+    let served = served_ledger();
+    let entries = exported_entries(&served);
+    let Served {
+        tmp,
+        data,
+        receipts,
+        halt_seq,
+        ..
+    } = served;
+    let ts = |seq: u64| entries[seq as usize]["ts_ms"].as_u64().unwrap();
+    let before_halt = receipts["r7"]["ledger_seq"].as_u64().unwrap();
+    assert!(before_halt < halt_seq);
     // investigate: the entries of a time range.
     let (from, to) = (
         ts(receipts["r2"]["ledger_seq"].as_u64().unwrap()),
@@ -1485,7 +1606,21 @@ fn data_dir_commands_on_a_served_ledger_and_a_restart_keeps_the_halt() {
         None,
     )
     .expect_unusable("investigate an inverted range");
+}
 
+#[test]
+fn a_restart_keeps_the_halt_and_rewrites_nothing() {
+    let served = served_ledger();
+    let entries = exported_entries(&served);
+    let Served {
+        tmp,
+        cfg,
+        data,
+        length,
+        ..
+    } = served;
+    let rt = runtime();
+    let client = http::client();
     // The restart keeps the halt.
     let server = Server::start(&cfg);
     rt.block_on(async {
