@@ -1905,3 +1905,141 @@ fn a_flipped_byte_stops_the_service_and_names_the_entry() {
         out.stderr
     );
 }
+
+// ---------------------------------------------------------------- service commands
+
+/// `kernels ARGS --server URL` with `token` in KERNELS_TOKEN.
+fn against(
+    server: &Server,
+    cwd: &Path,
+    token: Option<&str>,
+    args: &[&str],
+) -> support::process::Output {
+    let mut cmd = support::process::command(cwd);
+    if let Some(token) = token {
+        cmd.env("KERNELS_TOKEN", token);
+    }
+    let url = server.url("");
+    let mut all = args.to_vec();
+    all.extend(["--server", url.as_str()]);
+    support::process::run_with(cmd, &all, None)
+}
+
+#[test]
+fn policy_check_and_update_show_what_a_policy_changes() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    std::fs::write(
+        dir.join("bad.yaml"),
+        "allowed_actors: [a]\nallowed_tool: [x]\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("nobody.yaml"), "allowed_tools: [echo]\n").unwrap();
+    std::fs::write(dir.join("partial.yaml"), "allowed_actors: [agent-001]\n").unwrap();
+    // check: 0 valid (with warnings), 1 invalid, 2 unreadable.
+    let out = run(dir, &["policy", "check", "bad.yaml"], None);
+    out.expect_code(1, "policy check of an invalid policy");
+    assert!(out.stderr.contains("allowed_tool"), "{}", out.stderr);
+    run(dir, &["policy", "check", "missing.yaml"], None).expect_unusable("policy check of no file");
+    let out = run(dir, &["policy", "check", "nobody.yaml"], None);
+    out.expect_code(0, "policy check of a policy that allows nobody");
+    assert!(
+        out.stdout.contains("warning: this policy allows no actor"),
+        "{}",
+        out.stdout
+    );
+    let out = run(dir, &["policy", "check", "partial.yaml"], None);
+    out.expect_code(0, "policy check of a partial policy");
+    assert!(!out.stdout.contains("warning"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("not in the file (defaults apply): allowed_tools, require_tool_call"),
+        "{}",
+        out.stdout
+    );
+
+    let cfg = serve_config(dir);
+    let server = Server::start(&cfg);
+    let show = |what: &str| -> Value {
+        let out = against(&server, dir, Some(OPERATOR), &["policy", "show", "--json"]);
+        out.expect_code(0, what);
+        out.json()
+    };
+    let before = show("policy show");
+    let out = against(
+        &server,
+        dir,
+        Some(OPERATOR),
+        &["policy", "update", "partial.yaml", "--dry-run"],
+    );
+    out.expect_code(0, "policy update --dry-run");
+    assert!(
+        out.stdout.starts_with("dry run: nothing applied"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("  allowed_actors: removes agent-002\n"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("  allowed_tools: removes add, echo (not in the file: the default)\n"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        show("policy show after a dry run"),
+        before,
+        "a dry run applies nothing"
+    );
+    let out = against(
+        &server,
+        dir,
+        Some(OPERATOR),
+        &["policy", "update", "partial.yaml"],
+    );
+    out.expect_code(2, "policy update without a reason");
+    assert!(out.stderr.contains("--reason"), "{}", out.stderr);
+    let out = against(
+        &server,
+        dir,
+        Some(OPERATOR),
+        &["policy", "update", "bad.yaml", "--reason", "x"],
+    );
+    out.expect_code(1, "policy update with an invalid policy");
+    let out = against(
+        &server,
+        dir,
+        Some(OPERATOR),
+        &[
+            "policy",
+            "update",
+            "partial.yaml",
+            "--reason",
+            "only agent-001",
+        ],
+    );
+    out.expect_code(0, "policy update");
+    assert!(
+        out.stdout.starts_with("policy version 2 active"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("  allowed_actors: removes agent-002\n"),
+        "{}",
+        out.stdout
+    );
+    let out = against(
+        &server,
+        dir,
+        Some(OPERATOR),
+        &["policy", "update", "partial.yaml", "--reason", "again"],
+    );
+    out.expect_code(0, "the same update again");
+    assert!(out.stdout.contains("no change"), "{}", out.stdout);
+    assert_eq!(show("policy show after updates")["version"], 3);
+    server.terminate();
+}

@@ -499,3 +499,196 @@ async fn rotation_outcomes_keep_their_kind_over_http() {
     assert_eq!((code, &status["scripted"]), (200, &json!(true)));
     server.stop().await;
 }
+
+async fn entry_at(server: &TestServer, seq: u64) -> Value {
+    let (code, page) = get(
+        &server.url(&format!("/v1/entries?from_seq={seq}&limit=1")),
+        Some(AUDITOR),
+    )
+    .await;
+    assert_eq!(code, 200, "{page}");
+    page["entries"][0].clone()
+}
+
+#[tokio::test]
+async fn concurrent_policy_updates_and_recoveries_answer_with_their_own_entries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = std::sync::Arc::new(TestServer::start(tmp.path()).await);
+    let (_, current) = get(&server.url("/v1/policy"), Some(AUDITOR)).await;
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let server = server.clone();
+        let mut p = current["policy"].clone();
+        p["allowed_actors"] = json!([format!("agent-{i:03}")]);
+        tasks.push(tokio::spawn(async move {
+            let (code, answer) = call(
+                reqwest::Method::PUT,
+                &server.url("/v1/policy"),
+                Some(OPERATOR),
+                Some(
+                    serde_json::to_vec(&json!({"policy": p, "reason": format!("update {i}")}))
+                        .unwrap(),
+                ),
+            )
+            .await;
+            assert_eq!(code, 200, "{answer}");
+            (i, answer)
+        }));
+    }
+    let mut versions = std::collections::BTreeSet::new();
+    for task in tasks {
+        let (i, answer) = task.await.unwrap();
+        let entry = entry_at(&server, answer["ledger_seq"].as_u64().unwrap()).await;
+        let payload = &entry["payload"];
+        assert_eq!(payload["reason"], format!("update {i}"), "{answer}");
+        assert_eq!(
+            answer["version"], payload["version"],
+            "update {i}: {answer}"
+        );
+        let policy = kernels::kernel::Policy::from_json(&payload["policy"]).unwrap();
+        assert_eq!(answer["hash"], policy.hash(), "update {i}: {answer}");
+        assert_eq!(answer["previous_hash"], payload["previous_policy_hash"]);
+        assert_eq!(answer["entry_hash"], entry["entry_hash"]);
+        // Its diff is against the policy it replaced: its own actor is new.
+        let actors = answer["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["field"] == "allowed_actors")
+            .unwrap_or_else(|| panic!("update {i}: {answer}"));
+        assert_eq!(
+            actors["added"],
+            json!([format!("agent-{i:03}")]),
+            "{answer}"
+        );
+        versions.insert(answer["version"].as_u64().unwrap());
+    }
+    assert_eq!(
+        versions,
+        (2..=17).collect(),
+        "every update has its own version"
+    );
+
+    // Halts and recoveries from many tasks at once, over kept-alive
+    // connections, so that several land in one group commit.
+    let http = client();
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let server = server.clone();
+        let http = http.clone();
+        tasks.push(tokio::spawn(async move {
+            let send = |path: &'static str, reason: String| {
+                http.post(server.url(path))
+                    .bearer_auth(OPERATOR)
+                    .json(&json!({"reason": reason}))
+                    .send()
+            };
+            let mut recovered = Vec::new();
+            for round in 0..15 {
+                let _ = send("/v1/halt", format!("task {t} round {round}"))
+                    .await
+                    .unwrap();
+                let response = send("/v1/recover", format!("task {t} round {round}"))
+                    .await
+                    .unwrap();
+                let code = response.status().as_u16();
+                let answer: Value = response.json().await.unwrap();
+                match code {
+                    200 => recovered.push(answer),
+                    409 => assert_eq!(answer["code"], "not_halted", "{answer}"),
+                    other => panic!("recover answered {other}: {answer}"),
+                }
+            }
+            recovered
+        }));
+    }
+    let mut sessions = std::collections::BTreeSet::new();
+    for task in tasks {
+        for answer in task.await.unwrap() {
+            let entry = entry_at(&server, answer["ledger_seq"].as_u64().unwrap()).await;
+            assert_eq!(entry["tool_name"], "kernel.recover");
+            assert_eq!(
+                answer["session"], entry["payload"]["new_session"],
+                "{answer}"
+            );
+            assert!(
+                sessions.insert(answer["session"].as_u64().unwrap()),
+                "{answer}"
+            );
+        }
+    }
+    assert!(!sessions.is_empty());
+    std::sync::Arc::into_inner(server).unwrap().stop().await;
+}
+
+#[tokio::test]
+async fn a_policy_update_shows_what_it_changes_and_a_dry_run_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(tmp.path()).await;
+    let (_, before) = get(&server.url("/v1/policy"), Some(AUDITOR)).await;
+    let n = length(&server).await;
+    // Shaped like a partial example: the fields left out fall to defaults.
+    let partial = json!({"policy": {"allowed_actors": ["agent-001"], "allowed_tools": ["echo"]}});
+    let (code, dry) = call(
+        reqwest::Method::PUT,
+        &server.url("/v1/policy?dry_run=true"),
+        Some(OPERATOR),
+        Some(serde_json::to_vec(&partial).unwrap()),
+    )
+    .await;
+    assert_eq!(code, 200, "{dry}");
+    assert_eq!(dry["dry_run"], true);
+    assert_eq!(dry["version"], 1);
+    assert_eq!(
+        dry["defaulted"],
+        json!([
+            "require_tool_call",
+            "max_intent_length",
+            "max_param_bytes",
+            "required_fields"
+        ])
+    );
+    let fields: Vec<&str> = dry["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        ["allowed_actors", "allowed_tools", "max_intent_length"],
+        "{dry}"
+    );
+    assert_eq!(dry["changes"][0]["removed"], json!(["agent-002"]));
+    assert_eq!(dry["changes"][2]["old"], 1000);
+    assert_eq!(dry["changes"][2]["new"], 4096);
+    assert_eq!(length(&server).await, n, "a dry run records nothing");
+    assert_eq!(
+        get(&server.url("/v1/policy"), Some(AUDITOR)).await.1,
+        before
+    );
+    // The same, applied: the answer says the same.
+    let mut applied = partial.clone();
+    applied["reason"] = json!("narrow");
+    let (code, answer) = call(
+        reqwest::Method::PUT,
+        &server.url("/v1/policy"),
+        Some(OPERATOR),
+        Some(serde_json::to_vec(&applied).unwrap()),
+    )
+    .await;
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["changes"], dry["changes"]);
+    assert_eq!(answer["defaulted"], dry["defaulted"]);
+    assert_eq!(answer["hash"], dry["new_hash"]);
+    // An unknown query key, or an unknown body key, is refused.
+    let (code, _) = call(
+        reqwest::Method::PUT,
+        &server.url("/v1/policy?dryrun=1"),
+        Some(OPERATOR),
+        Some(serde_json::to_vec(&applied).unwrap()),
+    )
+    .await;
+    assert_eq!(code, 400);
+    server.stop().await;
+}

@@ -297,7 +297,8 @@ pub(super) fn preserve(args: PreserveArgs) -> CliResult {
 /// `kernels policy …`.
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
-    /// Check a policy file offline (exit 0 valid, 2 invalid).
+    /// Check a policy file offline (exit 0 valid, 1 invalid, 2 unreadable);
+    /// warns about a policy that allows no actor.
     Check {
         /// The policy file.
         file: PathBuf,
@@ -308,27 +309,95 @@ pub enum PolicyCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
-    /// Replace the active policy with a file's (recorded, with the reason).
+    /// Replace the active policy with a file's (recorded, with the reason);
+    /// shows field by field what changes.
     Update {
         /// The policy file.
         file: PathBuf,
-        /// Why (recorded in the ledger).
+        /// Why (recorded in the ledger); not needed with --dry-run.
+        #[arg(long, required_unless_present = "dry_run")]
+        reason: Option<String>,
+        /// Only show what would change; nothing is applied or recorded.
         #[arg(long)]
-        reason: String,
+        dry_run: bool,
         /// Server.
         #[command(flatten)]
         server: ServerArgs,
     },
 }
 
+/// A policy file: its document as written (to tell which fields it leaves
+/// to their defaults) and the policy. An invalid policy is a negative
+/// finding (exit 1); an unreadable file is unusable input (exit 2).
+fn read_policy(file: &PathBuf) -> Result<(Value, Policy), CliError> {
+    let text = read_input(file)?;
+    let invalid = |e: String| CliError {
+        message: format!("{}: {e}", file.display()),
+        code: EXIT_NEGATIVE,
+    };
+    let policy = Policy::from_yaml(&text).map_err(|e| invalid(e.to_string()))?;
+    let doc: Value = serde_norway::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+    Ok((doc, policy))
+}
+
+/// One line per changed field.
+fn print_changes(answer: &Value) {
+    let changes = answer["changes"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
+    if changes.is_empty() {
+        println!("no change: the policy is the active one");
+    }
+    let defaulted: Vec<&str> = answer["defaulted"]
+        .as_array()
+        .map(|d| d.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    for c in changes {
+        let field = c["field"].as_str().unwrap_or("?");
+        let list = |key: &str| -> Option<String> {
+            let items: Vec<&str> = c[key]
+                .as_array()?
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            (!items.is_empty()).then(|| items.join(", "))
+        };
+        let what = if c["new"].is_array() {
+            let mut parts = Vec::new();
+            if let Some(added) = list("added") {
+                parts.push(format!("adds {added}"));
+            }
+            if let Some(removed) = list("removed") {
+                parts.push(format!("removes {removed}"));
+            }
+            parts.join("; ")
+        } else {
+            format!("{} -> {}", c["old"], c["new"])
+        };
+        let note = if defaulted.contains(&field) {
+            " (not in the file: the default)"
+        } else {
+            ""
+        };
+        println!("  {field}: {what}{note}");
+    }
+}
+
 /// `kernels policy`.
 pub(super) fn policy(cmd: PolicyCommand) -> CliResult {
     match cmd {
         PolicyCommand::Check { file } => {
-            let policy = Policy::from_yaml(&read_input(&file)?)
-                .map_err(|e| CliError::unusable(format!("{}: {e}", file.display())))?;
+            let (doc, policy) = read_policy(&file)?;
             println!("policy OK: {}", policy.to_json());
             println!("sha256: {}", policy.hash());
+            let defaulted = Policy::missing_fields(&doc);
+            if !defaulted.is_empty() {
+                println!("not in the file (defaults apply): {}", defaulted.join(", "));
+            }
+            if policy.allows_no_actor() {
+                println!("warning: this policy allows no actor: every request would be denied");
+            }
             Ok(EXIT_OK)
         }
         PolicyCommand::Show { server } => {
@@ -352,22 +421,47 @@ pub(super) fn policy(cmd: PolicyCommand) -> CliResult {
         PolicyCommand::Update {
             file,
             reason,
+            dry_run,
             server,
         } => {
-            let policy = Policy::from_yaml(&read_input(&file)?)
-                .map_err(|e| CliError::unusable(format!("{}: {e}", file.display())))?;
+            let (doc, policy) = read_policy(&file)?;
+            if policy.allows_no_actor() {
+                eprintln!(
+                    "kernels: warning: this policy allows no actor: every request would be denied"
+                );
+            }
             let client = Client::new(&server)?;
             runtime()?.block_on(async {
-                let body = json!({"policy": policy.to_json(), "reason": reason});
-                let (code, v) = client
-                    .call(reqwest::Method::PUT, "/v1/policy", Some(body))
-                    .await?;
+                let mut body = json!({"policy": doc});
+                if let Some(reason) = &reason {
+                    body["reason"] = json!(reason);
+                }
+                let path = if dry_run {
+                    "/v1/policy?dry_run=true"
+                } else {
+                    "/v1/policy"
+                };
+                let (code, v) = client.call(reqwest::Method::PUT, path, Some(body)).await?;
+                if code == 400 && v["code"] == "invalid_policy" {
+                    return Err(CliError {
+                        message: format!("the service rejected the policy: {}", v["error"].as_str().unwrap_or("?")),
+                        code: EXIT_NEGATIVE,
+                    });
+                }
                 let v = expect_ok(code, v)?;
                 print(&v, server.json, |v| {
-                    println!(
-                        "policy version {} active (sha256 {}), recorded as entry {}",
-                        v["version"], v["hash"], v["ledger_seq"]
-                    );
+                    if dry_run {
+                        println!(
+                            "dry run: nothing applied (the active policy is version {}); the file would change:",
+                            v["version"]
+                        );
+                    } else {
+                        println!(
+                            "policy version {} active (sha256 {}), recorded as entry {}",
+                            v["version"], v["hash"], v["ledger_seq"]
+                        );
+                    }
+                    print_changes(v);
                 });
                 Ok(EXIT_OK)
             })

@@ -300,31 +300,83 @@ pub async fn get_policy(
     })))
 }
 
-/// `PUT /v1/policy`: replace the active policy (recorded as `kernel.policy_update`).
-#[utoipa::path(put, path = "/v1/policy", request_body(content = super::openapi::PolicyUpdateSchema), responses((status = 200, description = "{version, hash, ledger_seq, entry_hash}"), (status = 400, body = super::error::ErrorBody)), security(("bearer" = [])))]
+/// Query of `PUT /v1/policy`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyQuery {
+    /// Only show what would change (nothing is recorded; `reason` optional).
+    pub dry_run: Option<bool>,
+}
+
+/// `PUT /v1/policy`: replace the active policy (recorded as
+/// `kernel.policy_update`). The answer is this call's own update — its
+/// version and hash, and field by field what it changed (`changes`) and
+/// which fields the document left to their defaults (`defaulted`).
+#[utoipa::path(put, path = "/v1/policy", params(PolicyQuery), request_body(content = super::openapi::PolicyUpdateSchema), responses((status = 200, description = "{version, hash, previous_hash, ledger_seq, entry_hash, changes, defaulted}; with dry_run: {dry_run, version, hash, new_hash, changes, defaulted}"), (status = 400, body = super::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn put_policy(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
+    query: Result<Query<PolicyQuery>, axum::extract::rejection::QueryRejection>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     principal.require(OPERATORS)?;
-    let reason = reason_of(&body, &["policy", "reason"])?;
-    let policy = Policy::from_json(body.get("policy").unwrap_or(&Value::Null))
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let dry_run = q.dry_run.unwrap_or(false);
+    let fields = &["policy", "reason"];
+    let reason = if dry_run {
+        fields_of(&body, fields)?;
+        None
+    } else {
+        Some(reason_of(&body, fields)?)
+    };
+    let doc = body.get("policy").unwrap_or(&Value::Null);
+    let policy = Policy::from_json(doc)
         .map_err(|e| ApiError::bad_request("invalid_policy", e.to_string()))?;
+    let defaulted = Policy::missing_fields(doc);
+    let Some(reason) = reason else {
+        let s = state.ledger().state();
+        return Ok(Json(json!({
+            "dry_run": true,
+            "version": s.policy_version,
+            "hash": s.policy_hash,
+            "new_hash": policy.hash(),
+            "changes": Policy::diff(s.policy.as_ref(), &policy),
+            "defaulted": defaulted,
+        })));
+    };
+    // The policy this update replaces, read under the same lock that
+    // records it: concurrent updates each see their own predecessor.
+    let mut replaced = None;
     let entry = state
         .ledger()
-        .update_policy(&principal.name, &policy, &reason)
+        .event(|s, now| {
+            replaced = s.policy.clone();
+            s.policy_update_event(
+                now,
+                &principal.name,
+                &policy,
+                &reason,
+                crate::kernel::events::POLICY_FROM_API,
+            )
+        })
         .await?;
-    let s = state.ledger().state();
+    let payload = entry.payload.as_ref().unwrap_or(&Value::Null);
     Ok(Json(json!({
-        "version": s.policy_version,
-        "hash": s.policy_hash,
+        "version": payload["version"],
+        "hash": policy.hash(),
+        "previous_hash": payload["previous_policy_hash"],
         "ledger_seq": entry.ledger_seq,
         "entry_hash": entry.entry_hash,
+        "changes": Policy::diff(replaced.as_ref(), &policy),
+        "defaulted": defaulted,
     })))
 }
 
-fn reason_of(body: &Value, allowed: &[&str]) -> Result<String, ApiError> {
+/// The body as an object with only `allowed` keys.
+fn fields_of<'b>(
+    body: &'b Value,
+    allowed: &[&str],
+) -> Result<&'b serde_json::Map<String, Value>, ApiError> {
     let obj = body.as_object().ok_or_else(|| {
         ApiError::bad_request("invalid_request", "expected a JSON object with a reason")
     })?;
@@ -334,7 +386,12 @@ fn reason_of(body: &Value, allowed: &[&str]) -> Result<String, ApiError> {
             format!("unknown field '{k}'"),
         ));
     }
-    obj.get("reason")
+    Ok(obj)
+}
+
+fn reason_of(body: &Value, allowed: &[&str]) -> Result<String, ApiError> {
+    fields_of(body, allowed)?
+        .get("reason")
         .and_then(Value::as_str)
         .filter(|r| !r.trim().is_empty())
         .map(str::to_owned)
@@ -370,10 +427,17 @@ pub async fn recover(
     principal.require(OPERATORS)?;
     let reason = reason_of(&body, &["reason"])?;
     let entry = state.ledger().recover(&principal.name, &reason).await?;
+    // This recovery's own session (not whatever is current by now).
+    let session = entry
+        .payload
+        .as_ref()
+        .and_then(|p| p.get("new_session"))
+        .cloned()
+        .unwrap_or(Value::Null);
     Ok(Json(json!({
         "ledger_seq": entry.ledger_seq,
         "entry_hash": entry.entry_hash,
-        "session": state.ledger().state().session,
+        "session": session,
         "payload": entry.payload,
     })))
 }
