@@ -2043,3 +2043,97 @@ fn policy_check_and_update_show_what_a_policy_changes() {
     assert_eq!(show("policy show after updates")["version"], 3);
     server.terminate();
 }
+
+#[test]
+fn investigate_analyses_a_range_of_a_service_as_of_its_data_dir() {
+    let tmp = tempdir();
+    let cfg = serve_config(tmp.path());
+    let data = path_str(&cfg.data_dir).to_owned();
+    let rt = runtime();
+    let client = http::client();
+    let (server, receipts) = serve_and_decide(&cfg, &rt, &client);
+    let until = receipts["r5"]["ts_ms"].as_u64().unwrap().to_string();
+    let range = ["investigate", "--from-ms", "0", "--to-ms", until.as_str()];
+    let with = |extra: &[&'static str]| -> Vec<&str> {
+        let mut args = range.to_vec();
+        args.extend_from_slice(extra);
+        args
+    };
+    let out = against(&server, tmp.path(), Some(AUDITOR), &with(&["--analysis"]));
+    out.expect_code(0, "investigate --server --analysis");
+    let analysis = out.json();
+    assert_eq!(analysis["entry_count"], 6, "{analysis}");
+    assert_eq!(
+        analysis["by_tool"],
+        json!({"kernel.create": 1, "echo": 3, "add": 1, "rm": 1}),
+        "denied requests count under the tool they asked for"
+    );
+    assert_eq!(analysis["by_decision"], json!({"ALLOW": 3, "DENY": 3}));
+    assert_eq!(
+        analysis["by_actor"],
+        json!({"SYSTEM": 1, "agent-001": 2, "agent-002": 1, "agent-003": 1, "agent-009": 1})
+    );
+    let errors: Vec<&Value> = analysis["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["request_id"])
+        .collect();
+    assert_eq!(errors, [&json!("r2"), &json!("r4"), &json!("r5")]);
+    assert_eq!(
+        analysis["time_range"],
+        json!({"start": 0, "end": receipts["r5"]["ts_ms"]})
+    );
+
+    let out = against(
+        &server,
+        tmp.path(),
+        Some(AUDITOR),
+        &with(&["--actor", "agent-001", "--decision", "DENY"]),
+    );
+    out.expect_code(0, "investigate --server (text, filtered)");
+    assert!(
+        out.stdout.contains("1 entries in range: 0 ALLOW, 1 DENY"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("by tool: rm 1\n"), "{}", out.stdout);
+    assert!(out.stdout.contains("errors: 1\n"), "{}", out.stdout);
+    let out = against(
+        &server,
+        tmp.path(),
+        Some(AUDITOR),
+        &with(&["--tool", "echo", "--json"]),
+    );
+    out.expect_code(0, "investigate --server --tool --json");
+    let ids: Vec<String> = out
+        .stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["request_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(ids, ["r1", "r2", "r4"]);
+    let out = against(&server, tmp.path(), None, &with(&["--analysis"]));
+    out.expect_unusable("investigate --server without a token");
+    assert!(out.stderr.contains("KERNELS_TOKEN"), "{}", out.stderr);
+    let online = against(
+        &server,
+        tmp.path(),
+        Some(AUDITOR),
+        &with(&["--decision", "DENY", "--analysis"]),
+    )
+    .json();
+    server.terminate();
+
+    // The same analysis from the data dir.
+    let mut args = with(&["--decision", "DENY", "--analysis"]);
+    args.extend(["--data-dir", data.as_str()]);
+    let out = run(tmp.path(), &args, None);
+    out.expect_code(0, "investigate --data-dir --analysis");
+    assert_eq!(out.json(), online);
+    assert_eq!(online["entry_count"], 3);
+}

@@ -692,3 +692,70 @@ async fn a_policy_update_shows_what_it_changes_and_a_dry_run_changes_nothing() {
     assert_eq!(code, 400);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn entries_filter_by_actor_tool_decision_and_request_id() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(tmp.path()).await;
+    for (id, actor, tool) in [
+        ("f1", "agent-001", "echo"),
+        ("f2", "agent-009", "echo"),
+        ("f3", "agent-001", "rm"),
+        ("f4", "agent-002", "add"),
+        ("f5", "agent-009", "rm"),
+    ] {
+        let (code, r) = post(
+            &server.url("/v1/requests"),
+            Some(AGENT),
+            &req(id, actor, tool),
+        )
+        .await;
+        assert_eq!(code, 200, "{r}");
+    }
+    let ids = |page: &Value| -> Vec<String> {
+        page["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["request_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let query = |q: &'static str| {
+        let url = server.url(&format!("/v1/entries?{q}"));
+        async move {
+            let (code, page) = get(&url, Some(AUDITOR)).await;
+            assert_eq!(code, 200, "{q}: {page}");
+            page
+        }
+    };
+    assert_eq!(ids(&query("actor=agent-009").await), ["f2", "f5"]);
+    // A denied request names the tool it asked for.
+    let rm = query("tool=rm").await;
+    assert_eq!(ids(&rm), ["f3", "f5"]);
+    assert!(
+        rm["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["decision"] == "DENY")
+    );
+    // f4: `add` without numbers fails (a FAILED denial).
+    assert_eq!(ids(&query("decision=DENY").await), ["f2", "f3", "f4", "f5"]);
+    assert_eq!(ids(&query("decision=ALLOW&tool=echo").await), ["f1"]);
+    assert_eq!(ids(&query("request_id=f4").await), ["f4"]);
+    assert_eq!(ids(&query("tool=kernel.create").await), ["kernel.create"]);
+    let page = query("actor=agent-009&limit=1").await;
+    assert_eq!(ids(&page), ["f2"]);
+    let next = page["next_seq"].as_u64().unwrap();
+    let url = server.url(&format!("/v1/entries?actor=agent-009&from_seq={next}"));
+    assert_eq!(ids(&get(&url, Some(AUDITOR)).await.1), ["f5"]);
+    assert!(
+        query("actor=nobody").await["entries"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let (code, bad) = get(&server.url("/v1/entries?decision=MAYBE"), Some(AUDITOR)).await;
+    assert_eq!((code, bad["code"].as_str()), (400, Some("invalid_query")));
+    server.stop().await;
+}

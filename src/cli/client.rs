@@ -25,14 +25,16 @@ pub struct ServerArgs {
     pub json: bool,
 }
 
-struct Client {
+/// An HTTP client of the service, with the token from `KERNELS_TOKEN`.
+pub(super) struct Client {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
 }
 
 impl Client {
-    fn new(server: &ServerArgs) -> Result<Client, CliError> {
+    /// A client of `server`.
+    pub(super) fn new(server: &ServerArgs) -> Result<Client, CliError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(600))
@@ -48,13 +50,31 @@ impl Client {
         })
     }
 
+    /// `GET path` with a query string; answers the status and the body.
+    pub(super) async fn get_query(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<(u16, Value), CliError> {
+        let req = self.http.get(format!("{}{path}", self.base)).query(query);
+        self.send(req, None).await
+    }
+
     async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<Value>,
     ) -> Result<(u16, Value), CliError> {
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        let req = self.http.request(method, format!("{}{path}", self.base));
+        self.send(req, body).await
+    }
+
+    async fn send(
+        &self,
+        mut req: reqwest::RequestBuilder,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), CliError> {
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
@@ -75,7 +95,8 @@ impl Client {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+/// A runtime for one command's calls.
+pub(super) fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -83,7 +104,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 }
 
 /// Turns an error answer into a CLI error (exit 2) with the server's message.
-fn expect_ok(status: u16, value: Value) -> Result<Value, CliError> {
+pub(super) fn expect_ok(status: u16, value: Value) -> Result<Value, CliError> {
     if (200..300).contains(&status) {
         return Ok(value);
     }

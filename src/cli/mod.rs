@@ -11,6 +11,7 @@ mod archive;
 mod client;
 mod datadir;
 mod evidence;
+mod investigate;
 mod serve;
 mod simulate;
 
@@ -77,8 +78,9 @@ pub enum Command {
     Export(datadir::ExportArgs),
     /// Rebuild and print the kernel state from a data dir, as of the head, a seq or a time.
     Replay(datadir::ReplayArgs),
-    /// List the entries of a time range from a data dir, with the state before it.
-    Investigate(datadir::InvestigateArgs),
+    /// Investigate a time range (play 3.2): its entries and their analysis by
+    /// actor, tool, decision and errors — from a data dir or a running service.
+    Investigate(investigate::InvestigateArgs),
     /// Health check of a running service (exit 0 healthy, 1 not).
     Health(client::HealthArgs),
     /// Status of a running service.
@@ -138,7 +140,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Simulate(args) => simulate::simulate(args),
         Command::Export(args) => datadir::export(args),
         Command::Replay(args) => datadir::replay(args),
-        Command::Investigate(args) => datadir::investigate(args),
+        Command::Investigate(args) => investigate::investigate(args),
         Command::Health(args) => client::health(args),
         Command::Status(args) => client::status(args),
         Command::Submit(args) => client::submit(args),

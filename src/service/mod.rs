@@ -6,6 +6,7 @@
 //! installs the signal handlers and calls these.
 //!
 //! * [`api`] — the `/v1/` handlers, `/health`, `/ready`, `/metrics`
+//! * [`entries`] — `/v1/evidence` and `/v1/entries`: reading the chain
 //! * [`auth`] — bearer tokens and roles
 //! * [`error`] — the one place errors become status codes
 //! * [`openapi`] — the OpenAPI document, generated from the handlers
@@ -15,6 +16,7 @@
 pub mod api;
 pub mod auth;
 pub mod conn;
+pub mod entries;
 pub mod error;
 pub mod openapi;
 pub mod rotation;
@@ -124,8 +126,8 @@ pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/requests", post(api::submit))
         .route("/status", get(api::status))
-        .route("/evidence", get(api::evidence))
-        .route("/entries", get(api::entries))
+        .route("/evidence", get(entries::evidence))
+        .route("/entries", get(entries::entries))
         .route("/policy", get(api::get_policy).put(api::put_policy))
         .route("/halt", post(api::halt))
         .route("/recover", post(api::recover))
