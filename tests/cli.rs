@@ -1438,6 +1438,8 @@ fn replay_rebuilds_the_state_at_a_seq_or_a_time() {
     assert_eq!(s["state"], "HALTED", "{s}");
     assert_eq!(s["ledger_length"], length);
     assert_eq!(s["head_hash"], root);
+    // Named as GET /v1/status names the head (root_hash, ledger_length).
+    assert_eq!(s["root_hash"], root);
     assert_eq!(s["last_halt"]["reason"], "incident 42");
     let out = run(tmp.path(), &["replay", "--data-dir", &data], None);
     out.expect_code(0, "replay (text)");
@@ -2136,4 +2138,119 @@ fn investigate_analyses_a_range_of_a_service_as_of_its_data_dir() {
     out.expect_code(0, "investigate --data-dir --analysis");
     assert_eq!(out.json(), online);
     assert_eq!(online["entry_count"], 3);
+}
+
+#[test]
+fn a_tamper_report_lists_the_first_twenty_problems_and_counts_the_rest() {
+    let tmp = tempdir();
+    let mut doc = read_json(&fixtures().join("strict/bundle.ledger_entries.json"));
+    for i in 0..30 {
+        entries_of(&mut doc)[i]["actor"] = json!(format!("tampered-{i}"));
+    }
+    let path = tmp.path().join("many.json");
+    write_json(&path, &doc);
+    let out = run(tmp.path(), &["verify", path_str(&path)], None);
+    out.expect_code(1, "verify a bundle with 30 changed entries");
+    assert!(out.stdout.contains("errors (30):\n"), "{}", out.stdout);
+    let listed = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("  entry "))
+        .count();
+    assert_eq!(listed, 20, "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("  … and 10 more (30 in all; --json lists every one)"),
+        "{}",
+        out.stdout
+    );
+    let out = run(tmp.path(), &["verify", "--json", path_str(&path)], None);
+    assert_eq!(out.json()["errors"].as_array().unwrap().len(), 30);
+}
+
+#[test]
+fn health_follows_the_daily_check_and_says_when_it_cannot_check() {
+    let tmp = tempdir();
+    let cfg = serve_config(tmp.path());
+    let server = Server::start(&cfg);
+    let dir = tmp.path();
+    // Without a token the state cannot be checked: never HEALTHY.
+    let out = against(&server, dir, None, &["health"]);
+    out.expect_unusable("health without a token");
+    assert!(
+        out.stderr.contains("cannot check the kernel's state"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("KERNELS_TOKEN"), "{}", out.stderr);
+    assert!(!out.stdout.contains("HEALTHY"), "{}", out.stdout);
+    let out = against(&server, dir, Some("not-a-token-123"), &["health", "--json"]);
+    out.expect_code(2, "health with a refused token");
+    assert_eq!(out.json()["health"], "UNKNOWN");
+
+    let out = against(&server, dir, Some(AUDITOR), &["health"]);
+    out.expect_code(0, "health");
+    assert!(
+        out.stdout.trim_end().ends_with("\nHEALTHY"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("audit_integrity"), "{}", out.stdout);
+    let out = against(&server, dir, Some(AUDITOR), &["health", "--json"]);
+    out.expect_code(0, "health --json");
+    let report = out.json();
+    assert_eq!(
+        (&report["health"], &report["healthy"]),
+        (&json!("HEALTHY"), &json!(true))
+    );
+    let names: Vec<&str> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "service",
+            "kernel_state",
+            "audit_integrity",
+            "rotation",
+            "decision_distribution",
+            "recent_activity"
+        ]
+    );
+
+    // A halted kernel passes (the play's IDLE or HALTED), said first.
+    let out = against(
+        &server,
+        dir,
+        Some(OPERATOR),
+        &["halt", "--reason", "incident 7"],
+    );
+    out.expect_code(0, "halt");
+    let out = against(&server, dir, Some(AUDITOR), &["health"]);
+    out.expect_code(0, "health of a halted kernel");
+    assert!(
+        out.stdout.starts_with("HALTED since entry "),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("incident 7"), "{}", out.stdout);
+
+    // Rotation is off: a manual rotation is refused, with the service's reason.
+    let out = against(&server, dir, Some(OPERATOR), &["rotate"]);
+    out.expect_unusable("rotate without a bucket");
+    assert!(
+        out.stderr.contains("409") && out.stderr.contains("no bucket"),
+        "{}",
+        out.stderr
+    );
+    let url = server.url("");
+    server.terminate();
+    // Nothing answers: the check cannot be made.
+    let mut cmd = support::process::command(dir);
+    cmd.env("KERNELS_TOKEN", AUDITOR);
+    let out = support::process::run_with(cmd, &["health", "--server", &url], None);
+    out.expect_unusable("health of a stopped service");
 }

@@ -1,6 +1,6 @@
 //! Commands that talk to a running service over HTTP: the operations
-//! playbook (`health`, `status`, `halt`, `recover`, `preserve`, `policy`,
-//! `rotate`) and `submit`.
+//! playbook (`status`, `halt`, `recover`, `preserve`, `policy`, `rotate`;
+//! `health` is in `health.rs`) and `submit`, and the client they share.
 //!
 //! The server comes from `--server URL` (or `KERNELS_SERVER`, default
 //! `http://127.0.0.1:8080`), the bearer token from `KERNELS_TOKEN`.
@@ -60,7 +60,8 @@ impl Client {
         self.send(req, None).await
     }
 
-    async fn call(
+    /// `method path` with an optional JSON body; answers the status and the body.
+    pub(super) async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -123,73 +124,13 @@ pub(super) fn expect_ok(status: u16, value: Value) -> Result<Value, CliError> {
     )))
 }
 
-fn print(value: &Value, json: bool, human: impl FnOnce(&Value)) {
+/// Prints `value` as JSON, or as text through `human`.
+pub(super) fn print(value: &Value, json: bool, human: impl FnOnce(&Value)) {
     if json {
         println!("{value}");
     } else {
         human(value);
     }
-}
-
-/// Arguments of `kernels health`.
-#[derive(Debug, Args)]
-pub struct HealthArgs {
-    /// Server.
-    #[command(flatten)]
-    pub server: ServerArgs,
-}
-
-/// `kernels health`: liveness, readiness, chain state and rotator — exit 0
-/// when healthy, 1 when not.
-pub(super) fn health(args: HealthArgs) -> CliResult {
-    let client = Client::new(&args.server)?;
-    runtime()?.block_on(async {
-        let (live, _) = client.call(reqwest::Method::GET, "/health", None).await?;
-        let (ready, _) = client.call(reqwest::Method::GET, "/ready", None).await?;
-        let (code, status) = client
-            .call(reqwest::Method::GET, "/v1/status", None)
-            .await?;
-        let status = if code == 200 { Some(status) } else { None };
-        let halted = status.as_ref().is_some_and(|s| s["state"] == "HALTED");
-        let rotation_failing = status
-            .as_ref()
-            .is_some_and(|s| s["rotation"]["failing"].as_bool().unwrap_or(false));
-        let healthy = live == 200 && ready == 200 && !halted;
-        let report = json!({
-            "healthy": healthy,
-            "live": live == 200,
-            "ready": ready == 200,
-            "halted": halted,
-            "rotation_failing": rotation_failing,
-            "status": status,
-        });
-        print(&report, args.server.json, |r| {
-            println!("live: {}", r["live"]);
-            println!("ready: {}", r["ready"]);
-            if let Some(s) = r.get("status").filter(|s| !s.is_null()) {
-                println!(
-                    "kernel: {} ({}), state {}",
-                    s["kernel_id"], s["variant"], s["state"]
-                );
-                println!("entries: {}, root {}", s["ledger_length"], s["root_hash"]);
-                println!("policy version: {}", s["policy_version"]);
-                println!("rotation: {}", s["rotation"]);
-            } else {
-                println!(
-                    "status: not available (set KERNELS_TOKEN to an auditor or operator token)"
-                );
-            }
-            println!(
-                "{}",
-                if r["healthy"] == true {
-                    "HEALTHY"
-                } else {
-                    "UNHEALTHY"
-                }
-            );
-        });
-        Ok(if healthy { EXIT_OK } else { EXIT_NEGATIVE })
-    })
 }
 
 /// Arguments of `kernels status`.
@@ -490,7 +431,7 @@ pub(super) fn policy(cmd: PolicyCommand) -> CliResult {
     }
 }
 
-/// Arguments of `kernels rotate`.
+/// Arguments of `kernels rotate` (`--json` prints the service's answer).
 #[derive(Debug, Args)]
 pub struct RotateArgs {
     /// Server.
@@ -498,7 +439,8 @@ pub struct RotateArgs {
     pub server: ServerArgs,
 }
 
-/// `kernels rotate`: rotate now.
+/// `kernels rotate`: start a rotation run now (or join the one running);
+/// prints what it archived, or that it goes on in the background.
 pub(super) fn rotate(args: RotateArgs) -> CliResult {
     let client = Client::new(&args.server)?;
     runtime()?.block_on(async {
@@ -506,11 +448,40 @@ pub(super) fn rotate(args: RotateArgs) -> CliResult {
             .call(reqwest::Method::POST, "/v1/rotations", None)
             .await?;
         let v = expect_ok(code, v)?;
-        print(&v, args.server.json, |v| {
-            println!("{}", serde_json::to_string_pretty(v).unwrap_or_default())
-        });
+        print(&v, args.server.json, |v| print!("{}", rotation_text(v)));
         Ok(EXIT_OK)
     })
+}
+
+/// A rotation's outcome in words.
+fn rotation_text(v: &Value) -> String {
+    if v["running"] == true {
+        return format!(
+            "rotation run {} is still running in the background; `kernels status` shows how it ends\n",
+            v["run_id"].as_str().unwrap_or("?")
+        );
+    }
+    if v["archived"] != true {
+        return format!(
+            "nothing new to archive (the next segment starts at entry {})\n",
+            v["next_seq"]
+        );
+    }
+    let m = &v["manifest"];
+    let mut text = format!(
+        "archived entries {}..={} ({} entries) to {}\nmanifest sha256 {}, root {}; recorded as entry {}\n",
+        m["from_seq"],
+        m["to_seq"],
+        m["entry_count"],
+        m["segment_key"].as_str().unwrap_or("?"),
+        v["manifest_sha256"].as_str().unwrap_or("?"),
+        m["root_hash"].as_str().unwrap_or("?"),
+        v["rotate_entry_seq"]
+    );
+    if v["repaired"] == true {
+        text.push_str("(an earlier run had uploaded this segment; it is now recorded)\n");
+    }
+    text
 }
 
 /// Arguments of `kernels submit`.
@@ -542,4 +513,28 @@ pub(super) fn submit(args: SubmitArgs) -> CliResult {
             EXIT_NEGATIVE
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rotation_is_told_in_words() {
+        let archived = json!({"archived": true, "repaired": false, "rotate_entry_seq": 48,
+            "manifest_sha256": "abc", "manifest": {"from_seq": 0, "to_seq": 46, "entry_count": 47,
+            "root_hash": "def", "segment_key": "kernels-archive/k/segments/x.json"}});
+        assert_eq!(
+            rotation_text(&archived),
+            "archived entries 0..=46 (47 entries) to kernels-archive/k/segments/x.json\nmanifest sha256 abc, root def; recorded as entry 48\n"
+        );
+        let nothing =
+            json!({"archived": false, "reason": "nothing new to archive", "next_seq": 47});
+        assert_eq!(
+            rotation_text(&nothing),
+            "nothing new to archive (the next segment starts at entry 47)\n"
+        );
+        let running = json!({"running": true, "run_id": "run-3"});
+        assert!(rotation_text(&running).starts_with("rotation run run-3 is still running"));
+    }
 }

@@ -11,6 +11,7 @@ mod archive;
 mod client;
 mod datadir;
 mod evidence;
+mod health;
 mod investigate;
 mod serve;
 mod simulate;
@@ -26,6 +27,20 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_NEGATIVE: u8 = 1;
 /// Exit code for unusable input or an operational error.
 pub const EXIT_UNUSABLE: u8 = 2;
+
+/// How many problems a text report lists (`--json` lists them all).
+pub const LISTED_PROBLEMS: usize = 20;
+
+/// The line that ends a text listing of `total` problems cut at
+/// [`LISTED_PROBLEMS`], if it was cut.
+pub fn more_problems(total: usize) -> Option<String> {
+    (total > LISTED_PROBLEMS).then(|| {
+        format!(
+            "  … and {} more ({total} in all; --json lists every one)",
+            total - LISTED_PROBLEMS
+        )
+    })
+}
 
 /// A command's failure: what to print and which code to exit with.
 #[derive(Debug, thiserror::Error)]
@@ -81,8 +96,9 @@ pub enum Command {
     /// Investigate a time range (play 3.2): its entries and their analysis by
     /// actor, tool, decision and errors — from a data dir or a running service.
     Investigate(investigate::InvestigateArgs),
-    /// Health check of a running service (exit 0 healthy, 1 not).
-    Health(client::HealthArgs),
+    /// Health check of a running service (play 3.1): exit 0 healthy, 1
+    /// degraded or unhealthy, 2 when it cannot check (no token, unreachable).
+    Health(health::HealthArgs),
     /// Status of a running service.
     Status(client::StatusArgs),
     /// Submit one request to a running service.
@@ -141,7 +157,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Export(args) => datadir::export(args),
         Command::Replay(args) => datadir::replay(args),
         Command::Investigate(args) => investigate::investigate(args),
-        Command::Health(args) => client::health(args),
+        Command::Health(args) => health::health(args),
         Command::Status(args) => client::status(args),
         Command::Submit(args) => client::submit(args),
         Command::Halt(args) => client::halt(args),

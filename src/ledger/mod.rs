@@ -701,6 +701,7 @@ pub fn replay_summary(state: &KernelState) -> Value {
         "state": state.state.as_str(),
         "session": state.session,
         "ledger_length": state.head.len,
+        "root_hash": state.head.hash,
         "head_hash": state.head.hash,
         "last_entry_ts_ms": state.last_ts_ms,
         "policy_version": state.policy_version,
