@@ -387,7 +387,7 @@ fn bump_capped(map: &mut BTreeMap<String, u64>, key: &str) {
 
 /// Serializes nonce counts as a list (JSON maps need string keys).
 mod nonce_counts_serde {
-    use super::NonceCounts;
+    use crate::kernel::permit::NonceCounts;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     #[derive(Serialize, Deserialize)]

@@ -136,7 +136,7 @@ pub fn router(state: AppState) -> Router {
         .route("/verify", post(api::verify))
         .route("/openapi.json", get(openapi::document))
         .route_layer(middleware::from_fn_with_state(
-            state.clone(),
+            Arc::new(state.tokens().clone()),
             auth::authenticate,
         ));
     Router::new()
