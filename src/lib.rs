@@ -24,6 +24,7 @@
 //!   one lock, group commit
 //! * [`evidence`] — exports of a ledger and preserved evidence for incidents
 //! * [`rotator`] — archives to S3 and the forensic path back from them
+//! * [`alerts`] — the webhook that hears about halts, failures and updates
 //! * [`service`] — the HTTP API (axum): handlers, auth, errors, connection
 //!   limits, OpenAPI
 //! * [`config`] — the configuration: file, `KERNELS_*` environment, flags
@@ -31,6 +32,7 @@
 //! * [`cli`] — the `kernels` command line
 //! * [`allocator`] — allocator tuning for a bounded footprint (the only `unsafe`)
 
+pub mod alerts;
 pub mod allocator;
 pub mod bundle;
 pub mod canonical;

@@ -1,10 +1,11 @@
 //! The HTTP API against a real server on 127.0.0.1:0 over real sled.
 
-mod common;
+mod support;
 
-use common::*;
-use kernels::service::{RotationControl, RotationError, RotationRun};
+use kernels::rotator::run::{RotationError, RunAnswer, RunFailure};
+use kernels::service::RotationControl;
 use serde_json::{Value, json};
+use support::server::*;
 
 fn req(id: &str, actor: &str, tool: &str) -> Value {
     json!({"request_id": id, "actor": actor, "intent": "do a thing",
@@ -418,23 +419,39 @@ async fn routes_are_the_routers_and_the_openapi_documents() {
 /// A rotator that answers what it is told to (beside the real rotator's
 /// tests in `tests/rotation.rs`): how each outcome reaches the client.
 struct ScriptedRotation {
-    answers: std::sync::Mutex<Vec<Result<RotationRun, RotationError>>>,
+    answers: std::sync::Mutex<Vec<Result<RunAnswer, RotationError>>>,
     waits: std::sync::Mutex<Vec<std::time::Duration>>,
 }
+
+type Boxed<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 impl RotationControl for ScriptedRotation {
     fn rotate_now(
         &self,
         _actor: String,
         wait: std::time::Duration,
-    ) -> kernels::service::rotation::RotationFuture<'_> {
+    ) -> Boxed<'_, Result<RunAnswer, RunFailure>> {
         self.waits.lock().unwrap().push(wait);
         let answer = self.answers.lock().unwrap().remove(0);
-        Box::pin(async move { answer })
+        Box::pin(async move {
+            answer.map_err(|error| RunFailure {
+                run_id: "run-9".into(),
+                error: std::sync::Arc::new(error),
+                retry_at_ms: Some(1_700_000_000_000),
+            })
+        })
     }
 
     fn status(&self) -> Value {
         json!({"enabled": true, "scripted": true})
+    }
+
+    fn upload_preserved(
+        &self,
+        _path: std::path::PathBuf,
+        _sha256: String,
+    ) -> Boxed<'_, Result<Value, RotationError>> {
+        Box::pin(async { Err(RotationError::Internal("not scripted".into())) })
     }
 }
 
@@ -443,18 +460,16 @@ async fn rotation_outcomes_keep_their_kind_over_http() {
     let tmp = tempfile::tempdir().unwrap();
     let rotation = std::sync::Arc::new(ScriptedRotation {
         answers: std::sync::Mutex::new(vec![
-            Ok(RotationRun::Finished(json!({"archived": false}))),
-            Ok(RotationRun::Running {
+            Ok(RunAnswer::Finished {
+                run_id: "run-6".into(),
+                outcome: json!({"archived": false}),
+            }),
+            Ok(RunAnswer::Running {
                 run_id: "run-7".into(),
             }),
-            Err(RotationError::Failed(
-                "the bucket refused the upload".into(),
-            )),
-            Err(RotationError::TimedOut(
-                "no answer from S3 within 30s".into(),
-            )),
-            Err(RotationError::AlreadyRunning),
-            Err(RotationError::NotConfigured),
+            Err(RotationError::Check("the segment read back differs".into())),
+            Err(RotationError::TimedOut(std::time::Duration::from_secs(600))),
+            Err(RotationError::Internal("a bug".into())),
             Err(RotationError::Ledger(
                 kernels::ledger::LedgerError::Unavailable("disk".into()),
             )),
@@ -468,8 +483,7 @@ async fn rotation_outcomes_keep_their_kind_over_http() {
         (202, None),
         (502, Some("rotation_failed")),
         (504, Some("rotation_timeout")),
-        (409, Some("rotation_running")),
-        (409, Some("rotation_disabled")),
+        (500, Some("internal")),
         (503, Some("unavailable")),
     ];
     let mut answers = Vec::new();
@@ -482,16 +496,20 @@ async fn rotation_outcomes_keep_their_kind_over_http() {
         }
         answers.push(body);
     }
-    assert_eq!(answers[0], json!({"archived": false}));
+    assert_eq!(answers[0], json!({"archived": false, "run_id": "run-6"}));
     assert_eq!(answers[1]["run_id"], "run-7");
     assert_eq!(answers[1]["running"], true);
+    let failed = answers[2]["error"].as_str().unwrap();
     assert!(
-        answers[2]["error"]
-            .as_str()
-            .unwrap()
-            .contains("refused the upload")
+        failed.contains("read back differs") && failed.contains("run-9"),
+        "{failed}"
     );
-    // Every call was told to answer well before the request timeout (10 s).
+    assert!(failed.contains("retries at 1700000000000"), "{failed}");
+    assert!(
+        !answers[4].to_string().contains("a bug"),
+        "internals stay in the log"
+    );
+    // Every call was told to answer before the request timeout (10 s).
     for wait in rotation.waits.lock().unwrap().iter() {
         assert!(*wait < std::time::Duration::from_secs(10), "{wait:?}");
     }

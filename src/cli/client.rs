@@ -247,12 +247,20 @@ pub(super) fn preserve(args: PreserveArgs) -> CliResult {
         let body = json!({"reason": args.reason, "incident": args.incident, "from_seq": args.from_seq, "to_seq": args.to_seq});
         let (code, v) = client.call(reqwest::Method::POST, "/v1/preserve", Some(body)).await?;
         let v = expect_ok(code, v)?;
+        let upload_failed = v["archive"]["error"].is_string();
         print(&v, args.server.json, |v| {
             println!("preserved entries {}..={} in {}", v["from_seq"], v["to_seq"], v["path"]);
             println!("bundle sha256 {}, root {}", v["bundle_sha256"], v["root_hash"]);
+            if let Some(key) = v["archive"]["key"].as_str() {
+                println!("uploaded to {}/{key}", v["archive"]["bucket"].as_str().unwrap_or("-"));
+            }
+            if upload_failed {
+                println!("WARNING: kept on this machine only, the upload failed: {}", v["archive"]["error"]);
+            }
             println!("recorded as entry {}", v["ledger_seq"]);
         });
-        Ok(EXIT_OK)
+        // Preserved, but not off the box: a negative finding.
+        Ok(if upload_failed { EXIT_NEGATIVE } else { EXIT_OK })
     })
 }
 

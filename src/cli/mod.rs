@@ -13,6 +13,7 @@ mod datadir;
 mod evidence;
 mod health;
 mod investigate;
+mod permit;
 mod serve;
 mod simulate;
 
@@ -117,6 +118,9 @@ pub enum Command {
     /// Verify or replay a kernel's archive (S3 or a directory of downloaded objects).
     #[command(subcommand)]
     Archive(archive::ArchiveCommand),
+    /// Issue permit tokens (signed with a key of the configured keyring).
+    #[command(subcommand)]
+    Permit(permit::PermitCommand),
 }
 
 /// Logging: JSON lines on stderr; `KERNELS_LOG` sets the filter (default
@@ -166,6 +170,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Policy(cmd) => client::policy(cmd),
         Command::Rotate(args) => client::rotate(args),
         Command::Archive(cmd) => archive::archive(cmd),
+        Command::Permit(cmd) => permit::permit(cmd),
     };
     match result {
         Ok(code) => ExitCode::from(code),

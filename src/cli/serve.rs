@@ -124,6 +124,10 @@ async fn run(config: Config) -> CliResult {
     }
 
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let alerts = config
+        .alerts
+        .clone()
+        .map(|a| crate::alerts::Alerts::start(a, ledger.clone(), shutdown_rx.clone()));
     let rotator = match &config.rotation {
         Some(rotation) => {
             tracing::info!(bucket = %rotation.bucket, prefix = %rotation.prefix, interval_secs = rotation.interval.as_secs(), "rotation enabled");
@@ -133,6 +137,7 @@ async fn run(config: Config) -> CliResult {
                     rotation.clone(),
                     config.data_dir.join("rotation"),
                     shutdown_rx.clone(),
+                    alerts.clone(),
                 )
                 .await,
             )
@@ -172,6 +177,9 @@ async fn run(config: Config) -> CliResult {
     let _ = shutdown_tx.send(true);
     if let Some(r) = rotator {
         r.stopped().await;
+    }
+    if let Some(a) = &alerts {
+        a.stopped().await;
     }
     let closing = ledger.clone();
     let closed = tokio::task::spawn_blocking(move || closing.close())

@@ -113,6 +113,8 @@ pub struct RotationConfig {
     pub force_path_style: bool,
     /// Object Lock retention.
     pub object_lock: Option<ObjectLock>,
+    /// Longest time one run's archive work may take before it counts as failed.
+    pub attempt_timeout: Duration,
 }
 
 /// The validated configuration.
@@ -157,6 +159,8 @@ pub struct Config {
     pub checkpoint_every: u64,
     /// Whether `serve` verifies every stored entry before it starts.
     pub verify_full_on_start: bool,
+    /// Alerts, when a webhook is set.
+    pub alerts: Option<crate::alerts::AlertsConfig>,
 }
 
 /// Values from the command line (they override everything).
@@ -375,6 +379,16 @@ impl Config {
         if env("KERNELS_ROTATION_INTERVAL").is_some() {
             rotation_raw.interval = env("KERNELS_ROTATION_INTERVAL");
         }
+        let attempt_timeout = duration_setting(
+            "rotation.attempt_timeout",
+            "KERNELS_ROTATION_ATTEMPT_TIMEOUT",
+            rotation_raw.attempt_timeout.as_deref(),
+            "10m",
+            env,
+        )?;
+        if env("KERNELS_ROTATION_ATTEMPT_TIMEOUT").is_some() {
+            rotation_raw.attempt_timeout = env("KERNELS_ROTATION_ATTEMPT_TIMEOUT");
+        }
         let object_lock = match &rotation_raw.object_lock {
             Some(l) => {
                 let mode = l.mode.to_ascii_uppercase();
@@ -412,6 +426,7 @@ impl Config {
                 endpoint: rotation_raw.endpoint.clone().filter(|e| !e.is_empty()),
                 force_path_style: rotation_raw.force_path_style.unwrap_or(false),
                 object_lock: object_lock.clone(),
+                attempt_timeout,
             });
 
         let permits = raw.permits.unwrap_or_default();
@@ -474,6 +489,9 @@ impl Config {
             }
         };
 
+        let alerts =
+            crate::alerts::AlertsConfig::from_raw(raw.alerts, env, parse_duration).map_err(err)?;
+
         Ok(Config {
             kernel_id,
             variant,
@@ -497,6 +515,7 @@ impl Config {
             cache_bytes: storage.cache_mb.unwrap_or(1) * 1024 * 1024,
             checkpoint_every: storage.checkpoint_every.unwrap_or(10_000).max(1),
             verify_full_on_start,
+            alerts,
         })
     }
 }

@@ -35,6 +35,8 @@ pub struct RawConfig {
     /// run — the agent runs them after an ALLOW.
     #[serde(default)]
     pub external_tools: Vec<String>,
+    /// `alerts:` (ours): the webhook that hears about halts, failures, …
+    pub alerts: Option<crate::alerts::RawAlerts>,
 }
 
 /// `kernel:` section.
@@ -81,6 +83,8 @@ pub struct RawRotation {
     pub force_path_style: Option<bool>,
     /// Object Lock retention for uploaded objects.
     pub object_lock: Option<RawObjectLock>,
+    /// Longest time one run's archive work may take (default `10m`).
+    pub attempt_timeout: Option<String>,
 }
 
 /// `rotation.object_lock:`.

@@ -13,11 +13,12 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::AppState;
 use super::auth::Principal;
 use super::error::ApiError;
-use super::{AppState, RotationRun};
 use crate::config::Role;
 use crate::kernel::{DenyReason, Policy, RawRequest, Receipt, Submission};
+use crate::rotator::run::RunAnswer;
 
 pub(super) const READERS: &[Role] = &[Role::Auditor, Role::Operator];
 const SUBMITTERS: &[Role] = &[Role::Agent, Role::Operator];
@@ -340,6 +341,23 @@ pub async fn preserve(
         crate::evidence::ExportError::Range(m) => ApiError::bad_request("invalid_request", m),
         other => ApiError::internal(other),
     })?;
+    let mut record = record;
+    // Off the box too, when there is an archive; the local copy is kept and
+    // recorded whatever happens to the upload.
+    if let Some(rotation) = state.rotation() {
+        let path = std::path::PathBuf::from(record["path"].as_str().unwrap_or_default());
+        let sha256 = record["bundle_sha256"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        record["archive"] = match rotation.upload_preserved(path, sha256).await {
+            Ok(location) => location,
+            Err(e) => {
+                tracing::error!(error = %e, "preserved evidence not uploaded");
+                json!({"error": e.to_string(), "code": e.code()})
+            }
+        };
+    }
     let entry = state
         .ledger()
         .event(|s, now| s.preserve_event(now, &principal.name, &reason, record.clone()))
@@ -365,26 +383,33 @@ pub async fn rotations(
     }
 }
 
-/// `POST /v1/rotations`: start a rotation run now (or join the one in
-/// progress); its outcome if it ends within the request timeout, else 202
-/// with the run's id (the run goes on in the worker).
-#[utoipa::path(post, path = "/v1/rotations", responses((status = 200, description = "The run's outcome"), (status = 202, description = "{run_id, running: true}: the run goes on in the worker"), (status = 409, body = super::error::ErrorBody), (status = 502, body = super::error::ErrorBody), (status = 504, body = super::error::ErrorBody)), security(("bearer" = [])))]
+/// `POST /v1/rotations`: rotate now. The run belongs to the rotator's
+/// worker: the answer is its outcome when it ends in time, else 202 with its
+/// id (`GET /v1/rotations` shows it); a failed run is retried by the worker,
+/// and its failure keeps its kind (see `ApiError`'s `From<RunFailure>`).
+#[utoipa::path(post, path = "/v1/rotations", responses((status = 200, description = "The run's outcome"), (status = 202, description = "{run_id, running: true}: the run goes on in the rotator"), (status = 409, body = super::error::ErrorBody), (status = 502, body = super::error::ErrorBody), (status = 504, body = super::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn rotate(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
 ) -> Result<Response, ApiError> {
     principal.require(OPERATORS)?;
-    let rotation = state
-        .rotation()
-        .ok_or(super::RotationError::NotConfigured)?;
-    // Answer before the request timeout cuts the call off.
-    let timeout = state.settings().request_timeout;
-    let wait = timeout.saturating_sub(timeout / 10);
+    let rotation = state.rotation().ok_or(ApiError::RotationDisabled)?;
+    // Answer before the request's time limit; the run does not depend on it.
+    let limit = state.settings().request_timeout;
+    let wait = limit
+        .saturating_sub(std::time::Duration::from_millis(250))
+        .max(limit / 2);
     match rotation.rotate_now(principal.name.clone(), wait).await? {
-        RotationRun::Finished(outcome) => Ok(Json(outcome).into_response()),
-        RotationRun::Running { run_id } => Ok((
+        RunAnswer::Finished {
+            run_id,
+            mut outcome,
+        } => {
+            outcome["run_id"] = json!(run_id);
+            Ok(Json(outcome).into_response())
+        }
+        RunAnswer::Running { run_id } => Ok((
             StatusCode::ACCEPTED,
-            Json(json!({"running": true, "run_id": run_id})),
+            Json(json!({"run_id": run_id, "running": true, "status": "/v1/rotations"})),
         )
             .into_response()),
     }

@@ -14,9 +14,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::rotation::RotationError;
 use crate::kernel::{EventError, Refusal};
 use crate::ledger::LedgerError;
+use crate::rotator::run::{RotationError, RunFailure};
 
 /// Why a call was not answered normally; each variant names its status.
 #[derive(Debug)]
@@ -59,7 +59,14 @@ pub enum ApiError {
         message: String,
     },
     /// 503 `timeout`: the call took longer than `limits.request_timeout`.
-    Timeout(Duration),
+    Timeout {
+        /// The limit.
+        limit: Duration,
+        /// Whether the call was a submission (whose retry is safe).
+        submission: bool,
+    },
+    /// 409 `rotation_disabled`: no bucket is configured.
+    RotationDisabled,
     /// 502: a service we depend on (the archive) failed.
     Upstream {
         /// Stable machine-readable code.
@@ -168,12 +175,23 @@ impl ApiError {
             ApiError::Unavailable { code, message } => {
                 (S::SERVICE_UNAVAILABLE, code, message, None)
             }
-            ApiError::Timeout(limit) => (
-                S::SERVICE_UNAVAILABLE,
-                "timeout",
-                format!(
-                    "the request took longer than {limit:?}; a retry with the same request_id returns the recorded receipt"
-                ),
+            ApiError::Timeout { limit, submission } => {
+                let hint = if submission {
+                    "; a retry with the same request_id returns the recorded receipt"
+                } else {
+                    ""
+                };
+                (
+                    S::SERVICE_UNAVAILABLE,
+                    "timeout",
+                    format!("the request took longer than {limit:?}{hint}"),
+                    None,
+                )
+            }
+            ApiError::RotationDisabled => (
+                S::CONFLICT,
+                "rotation_disabled",
+                "rotation is off: no bucket is configured".into(),
                 None,
             ),
             ApiError::Upstream { code, message } => (S::BAD_GATEWAY, code, message, None),
@@ -253,30 +271,60 @@ impl From<LedgerError> for ApiError {
     }
 }
 
-impl From<RotationError> for ApiError {
-    fn from(e: RotationError) -> ApiError {
-        match e {
-            RotationError::NotConfigured => ApiError::conflict(
-                "rotation_disabled",
-                "rotation is off: no bucket is configured",
-            ),
-            RotationError::AlreadyRunning => ApiError::conflict("rotation_running", e.to_string()),
-            RotationError::Failed(message) => ApiError::Upstream {
-                code: "rotation_failed",
-                message,
-            },
-            RotationError::TimedOut(message) => ApiError::UpstreamTimeout {
+/// A rotation asked for over HTTP that failed: its kind, not just its text,
+/// chooses the status. The message names the run and when it is retried.
+impl From<RunFailure> for ApiError {
+    fn from(failure: RunFailure) -> ApiError {
+        let message = match failure.retry_at_ms {
+            Some(at) => format!("{failure}; the rotator retries at {at} ms"),
+            None => failure.to_string(),
+        };
+        match &*failure.error {
+            RotationError::Ledger(e) => ledger_error(e, message),
+            RotationError::TimedOut(_) => ApiError::UpstreamTimeout {
                 code: "rotation_timeout",
                 message,
             },
-            RotationError::Ledger(e) => e.into(),
+            RotationError::Internal(cause) => ApiError::internal(cause),
+            // The archive failed, refused, or is not as recorded (the
+            // rotator's own code is in the message).
+            RotationError::Objects(_)
+            | RotationError::Check(_)
+            | RotationError::Export(_)
+            | RotationError::ArchiveHead(_) => ApiError::Upstream {
+                code: "rotation_failed",
+                message,
+            },
         }
+    }
+}
+
+/// A ledger error met while recording a rotation: answered like any ledger
+/// error, but with the run's message where that one is safe to show.
+fn ledger_error(e: &LedgerError, message: String) -> ApiError {
+    match e {
+        LedgerError::Refused(Refusal::Halted(reason)) => ApiError::Halted(reason.clone()),
+        LedgerError::Unavailable(_) => ApiError::Unavailable {
+            code: "unavailable",
+            message: "the ledger cannot record the rotation right now; the rotator retries".into(),
+        },
+        LedgerError::Event(e) => ApiError::conflict("conflict", format!("{message} ({e})")),
+        other => ApiError::internal(other),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn failure(error: RotationError) -> ApiError {
+        RunFailure {
+            run_id: "run-1".into(),
+            error: std::sync::Arc::new(error),
+            retry_at_ms: Some(5),
+        }
+        .into()
+    }
 
     async fn answer(e: ApiError) -> (u16, Value) {
         let response = e.into_response();
@@ -307,27 +355,37 @@ mod tests {
             ),
             (ApiError::PayloadTooLarge, 413, "body_too_large"),
             (ApiError::NotReady, 503, "not_ready"),
-            (ApiError::Timeout(Duration::from_secs(1)), 503, "timeout"),
+            (
+                ApiError::Timeout {
+                    limit: Duration::from_secs(1),
+                    submission: true,
+                },
+                503,
+                "timeout",
+            ),
             (ApiError::Internal, 500, "internal"),
+            (ApiError::RotationDisabled, 409, "rotation_disabled"),
             (
-                RotationError::NotConfigured.into(),
-                409,
-                "rotation_disabled",
-            ),
-            (
-                RotationError::AlreadyRunning.into(),
-                409,
-                "rotation_running",
-            ),
-            (
-                RotationError::Failed("s3 down".into()).into(),
+                failure(RotationError::Check("differs".into())),
                 502,
                 "rotation_failed",
             ),
             (
-                RotationError::TimedOut("slow".into()).into(),
+                failure(RotationError::TimedOut(Duration::from_secs(600))),
                 504,
                 "rotation_timeout",
+            ),
+            (
+                failure(RotationError::Internal("bug".into())),
+                500,
+                "internal",
+            ),
+            (
+                failure(RotationError::Ledger(LedgerError::Unavailable(
+                    "disk".into(),
+                ))),
+                503,
+                "unavailable",
             ),
             (
                 LedgerError::Unavailable("disk".into()).into(),

@@ -10,7 +10,6 @@
 //! * [`auth`] — bearer tokens and roles
 //! * [`error`] — the one place errors become status codes
 //! * [`openapi`] — the OpenAPI document, generated from the handlers
-//! * [`rotation`] — what the service asks of the rotator, and its errors
 //! * [`conn`] — the accept loop: header-read timeout and connection cap
 
 pub mod api;
@@ -19,7 +18,6 @@ pub mod conn;
 pub mod entries;
 pub mod error;
 pub mod openapi;
-pub mod rotation;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -31,13 +29,38 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use serde_json::Value;
 
 use crate::ledger::Ledger;
 use crate::metrics::HttpLabels;
+use crate::rotator::run::{RotationError, RunAnswer, RunFailure};
 use auth::{Principal, TokenTable};
 pub use conn::{ConnectionLimits, serve_with};
 use error::ApiError;
-pub use rotation::{RotationControl, RotationError, RotationRun};
+
+/// What the rotator offers the HTTP layer. Its failures stay typed
+/// ([`RunFailure`] carries the rotator's [`RotationError`]) up to `ApiError`,
+/// which chooses their status.
+pub trait RotationControl: Send + Sync + 'static {
+    /// Starts a rotation run in the rotator's worker on behalf of `actor`
+    /// (or joins the run in progress) and waits at most `wait` for it: its
+    /// outcome, or [`RunAnswer::Running`] with its id when it takes longer
+    /// (the worker carries on). A failed run is retried by the worker.
+    fn rotate_now(
+        &self,
+        actor: String,
+        wait: Duration,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<RunAnswer, RunFailure>> + Send + '_>>;
+    /// The rotator's state and recent history as JSON.
+    fn status(&self) -> Value;
+    /// Uploads a preserved evidence file (SHA-256 `sha256`) to the archive,
+    /// with the Object Lock retention when configured; answers where it went.
+    fn upload_preserved(
+        &self,
+        path: PathBuf,
+        sha256: String,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Value, RotationError>> + Send + '_>>;
+}
 
 /// Service settings the handlers need.
 #[derive(Debug, Clone)]
@@ -174,7 +197,12 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     } else {
         match tokio::time::timeout(timeout, next.run(req)).await {
             Ok(r) => r,
-            Err(_) => ApiError::Timeout(timeout).into_response(),
+            // Only a submission has a request_id whose retry is safe.
+            Err(_) => ApiError::Timeout {
+                limit: timeout,
+                submission: route == "/v1/requests",
+            }
+            .into_response(),
         }
     };
     let status = response.status();
