@@ -11,9 +11,10 @@
 //! (an idle or slow one) to make room, so a flood of idle connections never
 //! keeps a real client out for longer than it takes to send its headers.
 //! Only when every connection is busy with a request is a new one closed at
-//! once. If `accept` still fails for want of descriptors (another process
-//! lowered the limit), the oldest idle connection is closed and accept is
-//! retried shortly.
+//! once. If `accept` still fails for want of descriptors (the limit was
+//! lowered under a running service), the cap drops below the connections
+//! then open, idle connections are closed down to it, and accept is retried
+//! shortly.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, watch};
 use tower::ServiceExt;
 
@@ -37,6 +39,10 @@ const UNLIMITED_CAP: usize = 65_536;
 
 /// How long accept waits after it failed for want of descriptors.
 const ACCEPT_RETRY: Duration = Duration::from_millis(10);
+
+/// When accept runs out of descriptors, the cap drops to this many below
+/// the connections then open (room for the store's files and new accepts).
+const ACCEPT_MARGIN: usize = 32;
 
 /// Connection limits of the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,7 +90,8 @@ pub fn connection_cap(configured: Option<usize>) -> usize {
 
 /// One connection as the accept loop sees it.
 struct Slot {
-    /// A request's headers arrived (the connection is in use, never evicted).
+    /// The client has sent something (a real client sends its request at
+    /// once): the connection is never evicted, only timed out.
     started: AtomicBool,
     /// The connection is closed.
     done: AtomicBool,
@@ -158,7 +165,7 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
     limits: ConnectionLimits,
 ) -> std::io::Result<()> {
-    let cap = connection_cap(limits.max_connections);
+    let mut cap = connection_cap(limits.max_connections);
     tracing::info!(
         max_connections = cap,
         header_timeout_ms = limits.header_timeout.as_millis() as u64,
@@ -183,11 +190,26 @@ pub async fn serve_with(
             Ok((stream, _)) => stream,
             Err(e) if is_connection_error(&e) => continue,
             Err(e) => {
-                // Out of descriptors (or another resource): make room, retry.
-                let evicted = tracker.evict_oldest_idle();
-                if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
-                    tracing::warn!(error = %e, evicted_idle = evicted, open = tracker.open.load(Ordering::Relaxed), "accept failed; retrying");
+                // Out of descriptors (the limit was lowered under us, or
+                // something else holds them): serve fewer connections from
+                // now on, close idle ones to make room, and retry.
+                let open = tracker.open.load(Ordering::Acquire);
+                let lowered = open.saturating_sub(ACCEPT_MARGIN).max(1);
+                if lowered < cap {
+                    tracing::warn!(error = %e, from = cap, to = lowered, "accept failed: lowering the connection cap");
+                    cap = lowered;
+                } else if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+                    tracing::warn!(error = %e, open, "accept failed; retrying");
                     last_warning = Some(Instant::now());
+                }
+                let mut evicted = 0;
+                while tracker.open.load(Ordering::Acquire).saturating_sub(evicted) > cap
+                    && tracker.evict_oldest_idle()
+                {
+                    evicted += 1;
+                }
+                if evicted == 0 {
+                    tracker.evict_oldest_idle();
                 }
                 tokio::time::sleep(ACCEPT_RETRY).await;
                 continue;
@@ -216,6 +238,9 @@ pub async fn serve_with(
             tracker.open.fetch_sub(1, Ordering::AcqRel);
             drop(closed);
         });
+        // Under a flood accept is always ready: let the connections' tasks
+        // (a real client's request among them) run between accepts.
+        tokio::task::yield_now().await;
     }
     drop(closed_rx);
     drop(listener);
@@ -230,15 +255,16 @@ async fn serve_connection(
     stop: watch::Sender<()>,
     header_timeout: Duration,
 ) {
-    let marker = slot.clone();
-    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-        marker.started.store(true, Ordering::Release);
-        app.clone().oneshot(req)
-    });
+    let service =
+        hyper::service::service_fn(move |req: hyper::Request<Incoming>| app.clone().oneshot(req));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
+    let stream = Heard {
+        stream,
+        slot: slot.clone(),
+    };
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let mut stopping = false;
@@ -261,6 +287,63 @@ async fn serve_connection(
                 }
             }
         }
+    }
+}
+
+/// A connection's stream that marks its slot when the first bytes arrive.
+struct Heard {
+    stream: tokio::net::TcpStream,
+    slot: Arc<Slot>,
+}
+
+impl AsyncRead for Heard {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.stream).poll_read(cx, buf);
+        if buf.filled().len() > before && !self.slot.started.load(Ordering::Relaxed) {
+            self.slot.started.store(true, Ordering::Release);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Heard {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
     }
 }
 
