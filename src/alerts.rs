@@ -425,7 +425,8 @@ fn alert_of(entry: &Entry) -> Option<(AlertEvent, u64, Value)> {
     let event = if entry.decision == "HALT" {
         AlertEvent::Halt
     } else {
-        match entry.tool_name.as_deref()? {
+        // An event by its id (a denied request may name any tool, even these).
+        match event::of(entry)? {
             event::RECOVER => AlertEvent::Recover,
             event::POLICY_UPDATE => AlertEvent::PolicyUpdate,
             _ => return None,
@@ -522,8 +523,10 @@ mod tests {
     #[test]
     fn only_halts_recoveries_and_policy_updates_alert_from_the_ledger() {
         let entry = |decision: &str, tool: Option<&str>| {
+            // Operational events carry their name as request id too.
+            let id = tool.filter(|t| t.starts_with("kernel.")).unwrap_or("r");
             serde_json::from_value::<Entry>(json!({
-                "ledger_seq": 7, "ts_ms": 1000, "request_id": "r", "actor": "ops",
+                "ledger_seq": 7, "ts_ms": 1000, "request_id": id, "actor": "ops",
                 "intent": "why", "decision": decision, "tool_name": tool,
                 "state_from": "IDLE", "state_to": "IDLE", "prev_hash": "0", "entry_hash": "1"
             }))
@@ -543,5 +546,9 @@ mod tests {
         );
         assert_eq!(alert_of(&entry("ALLOW", Some(event::ROTATE))), None);
         assert_eq!(alert_of(&entry("DENY", Some("echo"))), None);
+        // A denied agent request that names an event as its tool raises nothing.
+        let mut sneaky = entry("DENY", Some(event::RECOVER));
+        sneaky.request_id = crate::entry::Text(json!("agent-req-1"));
+        assert_eq!(alert_of(&sneaky), None);
     }
 }

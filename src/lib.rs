@@ -12,9 +12,23 @@
 //! * [`entry`] — the ledger entry and its hash
 //! * [`chain`] — chain verification (every error, with its index)
 //! * [`bundle`] — streamed evidence bundle reading and writing
+//! * [`verify`] — parallel, streamed verification of bundle files
 //! * [`kernel`] — the pure kernel: requests, policy, variants, permits,
 //!   state machine, decisions, operational events and the folded state
-//! * [`verify`] — parallel, streamed verification of bundle files
+//!
+//! Around it, the shells that do I/O:
+//!
+//! * [`store`] — durable storage: the `LedgerStore` trait, sled, the
+//!   write-ahead log, the data dir and its record layout
+//! * [`ledger`] — the durable kernel: open and verify a data dir, decide under
+//!   one lock, group commit
+//! * [`evidence`] — exports of a ledger and preserved evidence for incidents
+//! * [`rotator`] — archives to S3 and the forensic path back from them
+//! * [`alerts`] — the webhook that hears about halts, failures and updates
+//! * [`service`] — the HTTP API (axum): handlers, auth, errors, connection
+//!   limits, OpenAPI
+//! * [`config`] — the configuration: file, `KERNELS_*` environment, flags
+//! * [`metrics`] — Prometheus metrics
 //! * [`cli`] — the `kernels` command line
 //! * [`allocator`] — allocator tuning for a bounded footprint (the only `unsafe`)
 

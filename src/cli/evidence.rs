@@ -117,7 +117,7 @@ pub(super) fn validate(args: ValidateArgs) -> CliResult {
         }
         _ => return Err(CliError::unusable("a request must be a JSON object")),
     };
-    if let Err(invalid) = raw.validate(0) {
+    if let Err(invalid) = raw.validate() {
         problems.extend(invalid.errors);
     }
     if problems.is_empty() {
@@ -207,7 +207,7 @@ pub(crate) fn print_report(report: &VerifyReport, json: bool, what: &str) {
     let _ = writeln!(out, "computed root hash: {}", report.computed_root_hash);
     if !report.errors.is_empty() {
         let _ = writeln!(out, "errors ({}):", report.errors.len());
-        for e in &report.errors {
+        for e in report.errors.iter().take(super::LISTED_PROBLEMS) {
             match e.index {
                 Some(i) => {
                     let _ = writeln!(out, "  entry {i}: {}", e.message);
@@ -216,6 +216,9 @@ pub(crate) fn print_report(report: &VerifyReport, json: bool, what: &str) {
                     let _ = writeln!(out, "  bundle: {}", e.message);
                 }
             }
+        }
+        if let Some(more) = super::more_problems(report.errors.len()) {
+            let _ = writeln!(out, "{more}");
         }
     }
 }

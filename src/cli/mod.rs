@@ -11,6 +11,8 @@ mod archive;
 mod client;
 mod datadir;
 mod evidence;
+mod health;
+mod investigate;
 mod permit;
 mod serve;
 mod simulate;
@@ -26,6 +28,20 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_NEGATIVE: u8 = 1;
 /// Exit code for unusable input or an operational error.
 pub const EXIT_UNUSABLE: u8 = 2;
+
+/// How many problems a text report lists (`--json` lists them all).
+pub const LISTED_PROBLEMS: usize = 20;
+
+/// The line that ends a text listing of `total` problems cut at
+/// [`LISTED_PROBLEMS`], if it was cut.
+pub fn more_problems(total: usize) -> Option<String> {
+    (total > LISTED_PROBLEMS).then(|| {
+        format!(
+            "  … and {} more ({total} in all; --json lists every one)",
+            total - LISTED_PROBLEMS
+        )
+    })
+}
 
 /// A command's failure: what to print and which code to exit with.
 #[derive(Debug, thiserror::Error)]
@@ -78,10 +94,12 @@ pub enum Command {
     Export(datadir::ExportArgs),
     /// Rebuild and print the kernel state from a data dir, as of the head, a seq or a time.
     Replay(datadir::ReplayArgs),
-    /// List the entries of a time range from a data dir, with the state before it.
-    Investigate(datadir::InvestigateArgs),
-    /// Health check of a running service (exit 0 healthy, 1 not).
-    Health(client::HealthArgs),
+    /// Investigate a time range (play 3.2): its entries and their analysis by
+    /// actor, tool, decision and errors — from a data dir or a running service.
+    Investigate(investigate::InvestigateArgs),
+    /// Health check of a running service (play 3.1): exit 0 healthy, 1
+    /// degraded or unhealthy, 2 when it cannot check (no token, unreachable).
+    Health(health::HealthArgs),
     /// Status of a running service.
     Status(client::StatusArgs),
     /// Submit one request to a running service.
@@ -142,8 +160,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Simulate(args) => simulate::simulate(args),
         Command::Export(args) => datadir::export(args),
         Command::Replay(args) => datadir::replay(args),
-        Command::Investigate(args) => datadir::investigate(args),
-        Command::Health(args) => client::health(args),
+        Command::Investigate(args) => investigate::investigate(args),
+        Command::Health(args) => health::health(args),
         Command::Status(args) => client::status(args),
         Command::Submit(args) => client::submit(args),
         Command::Halt(args) => client::halt(args),

@@ -29,7 +29,9 @@ use crate::chain::{ChainError, VerifyReport};
 use crate::entry::{Entry, EntryBody, GENESIS_HASH};
 use crate::kernel::permit::Keyring;
 use crate::kernel::state::{Counters, HaltMark, RotationMark};
-use crate::kernel::{DecideContext, EventError, KernelState, Policy, RawRequest, Receipt, Refusal};
+use crate::kernel::{
+    Compat, DecideContext, EventError, KernelState, Policy, Receipt, Refusal, Submission,
+};
 use crate::metrics::{DecisionLabels, Metrics};
 use crate::store::datadir::DataDir;
 use crate::store::record::{self, RequestRecord};
@@ -358,25 +360,24 @@ impl Ledger {
     /// Decides `raw` and records the decision; the receipt is returned once
     /// its entry is durable. A retried request id with the same content gets
     /// the original receipt (no new entry); with other content, a conflict.
-    pub fn submit_begin(&self, raw: &RawRequest) -> Result<(Receipt, Durable), LedgerError> {
+    pub fn submit_begin<'a>(
+        &self,
+        submission: impl Into<Submission<'a>>,
+    ) -> Result<(Receipt, Durable), LedgerError> {
+        let submission = submission.into();
+        let raw = submission.raw();
         let content_hash = raw.content_hash();
         let request_id = raw
             .request_id()
             .filter(|id| !id.is_empty())
             .map(str::to_owned);
-        let mut core = self.lock_core();
+        let mut guard = self.lock_core();
         self.check_open()?;
-        // A halted kernel refuses every submission, retries included: an
-        // agent must not learn of an ALLOW (and act on it) after a halt.
-        if core.state.is_halted() {
-            let reason = core
-                .state
-                .last_halt
-                .as_ref()
-                .map(|h| h.reason.clone())
-                .unwrap_or_default();
-            return Err(Refusal::Halted(reason).into());
-        }
+        let core = &mut *guard;
+        // The one halt check, before the retry lookup: a halted kernel
+        // refuses every submission, retries included, so that an agent
+        // never learns of an ALLOW (and acts on it) after a halt.
+        let admitted = core.state.admit()?;
         if let Some(id) = &request_id {
             // Ids not yet handed to the store, then the store's index (in
             // memory; it reads only to confirm a match).
@@ -414,14 +415,15 @@ impl Ledger {
                 return Ok((receipt, durable));
             }
         }
-        let now = self.now(&core);
-        let decided = core.state.decide(
-            raw,
+        let now = self.now(core);
+        let decided = admitted.decide(
+            &submission,
             &DecideContext {
                 now_ms: now,
                 keyring: &self.inner.keyring,
                 jurisdiction: &self.inner.jurisdiction,
                 external_tools: &self.inner.external_tools,
+                compat: Compat::Native,
             },
         )?;
         let status = decided.status;
@@ -451,8 +453,8 @@ impl Ledger {
             status = status.as_str(),
             "decision"
         );
-        let durable = self.enqueue_locked(&mut core, entry, record);
-        drop(core);
+        let durable = self.enqueue_locked(core, entry, record);
+        drop(guard);
         self.inner
             .metrics
             .decisions
@@ -465,8 +467,11 @@ impl Ledger {
     }
 
     /// [`Ledger::submit_begin`], then wait for durability.
-    pub async fn submit(&self, raw: &RawRequest) -> Result<Receipt, LedgerError> {
-        let (receipt, durable) = self.submit_begin(raw)?;
+    pub async fn submit<'a>(
+        &self,
+        submission: impl Into<Submission<'a>>,
+    ) -> Result<Receipt, LedgerError> {
+        let (receipt, durable) = self.submit_begin(submission)?;
         durable.wait().await?;
         Ok(receipt)
     }
@@ -696,6 +701,7 @@ pub fn replay_summary(state: &KernelState) -> Value {
         "state": state.state.as_str(),
         "session": state.session,
         "ledger_length": state.head.len,
+        "root_hash": state.head.hash,
         "head_hash": state.head.hash,
         "last_entry_ts_ms": state.last_ts_ms,
         "policy_version": state.policy_version,

@@ -418,7 +418,7 @@ async fn only_rotations(ledger: &Ledger, from: u64, to: u64) -> Result<bool, Rot
     tokio::task::spawn_blocking(move || {
         for entry in ledger.entries(from, to) {
             let entry = entry.map_err(|e| RotationError::Export(e.to_string()))?;
-            if entry.tool_name.as_deref() != Some(event::ROTATE) {
+            if event::of(&entry) != Some(event::ROTATE) {
                 return Ok(false);
             }
         }

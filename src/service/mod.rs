@@ -6,12 +6,16 @@
 //! installs the signal handlers and calls these.
 //!
 //! * [`api`] — the `/v1/` handlers, `/health`, `/ready`, `/metrics`
+//! * [`entries`] — `/v1/evidence` and `/v1/entries`: reading the chain
 //! * [`auth`] — bearer tokens and roles
 //! * [`error`] — the one place errors become status codes
 //! * [`openapi`] — the OpenAPI document, generated from the handlers
+//! * [`conn`] — the accept loop: header-read timeout and connection cap
 
 pub mod api;
 pub mod auth;
+pub mod conn;
+pub mod entries;
 pub mod error;
 pub mod openapi;
 
@@ -22,7 +26,6 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -32,9 +35,12 @@ use crate::ledger::Ledger;
 use crate::metrics::HttpLabels;
 use crate::rotator::run::{RotationError, RunAnswer, RunFailure};
 use auth::{Principal, TokenTable};
+pub use conn::{ConnectionLimits, serve_with};
 use error::ApiError;
 
-/// What the rotator offers the HTTP layer.
+/// What the rotator offers the HTTP layer. Its failures stay typed
+/// ([`RunFailure`] carries the rotator's [`RotationError`]) up to `ApiError`,
+/// which chooses their status.
 pub trait RotationControl: Send + Sync + 'static {
     /// Starts a rotation run in the rotator's worker on behalf of `actor`
     /// (or joins the run in progress) and waits at most `wait` for it: its
@@ -119,7 +125,8 @@ impl AppState {
     }
 }
 
-/// Every path the service answers (the metrics' route label).
+/// Every path the service answers (the metrics' route label); a test checks
+/// it against the router and the OpenAPI document.
 pub const ROUTES: &[&str] = &[
     "/health",
     "/ready",
@@ -142,8 +149,8 @@ pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/requests", post(api::submit))
         .route("/status", get(api::status))
-        .route("/evidence", get(api::evidence))
-        .route("/entries", get(api::entries))
+        .route("/evidence", get(entries::evidence))
+        .route("/entries", get(entries::entries))
         .route("/policy", get(api::get_policy).put(api::put_policy))
         .route("/halt", post(api::halt))
         .route("/recover", post(api::recover))
@@ -152,7 +159,7 @@ pub fn router(state: AppState) -> Router {
         .route("/verify", post(api::verify))
         .route("/openapi.json", get(openapi::document))
         .route_layer(middleware::from_fn_with_state(
-            state.clone(),
+            Arc::new(state.tokens().clone()),
             auth::authenticate,
         ));
     Router::new()
@@ -167,7 +174,8 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Per-request: time limit, metrics, one log line.
+/// Per-request: a declared body over the limit refused at once (413, not
+/// after the body has trickled in), time limit, metrics, one log line.
 async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
@@ -179,21 +187,22 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         .map_or("other", |r| r)
         .to_owned();
     let timeout = state.settings().request_timeout;
-    let response = match tokio::time::timeout(timeout, next.run(req)).await {
-        Ok(r) => r,
-        Err(_) => {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let response = if declared.is_some_and(|n| n > state.settings().max_body_bytes as u64) {
+        ApiError::PayloadTooLarge.into_response()
+    } else {
+        match tokio::time::timeout(timeout, next.run(req)).await {
+            Ok(r) => r,
             // Only a submission has a request_id whose retry is safe.
-            let hint = if route == "/v1/requests" {
-                "; a retry with the same request_id returns the recorded receipt"
-            } else {
-                ""
-            };
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "timeout",
-                format!("the request took longer than {timeout:?}{hint}"),
-            )
-            .into_response()
+            Err(_) => ApiError::Timeout {
+                limit: timeout,
+                submission: route == "/v1/requests",
+            }
+            .into_response(),
         }
     };
     let status = response.status();
@@ -221,16 +230,14 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     response
 }
 
-/// Serves `router` on `listener` until `shutdown` completes; in-flight
-/// requests finish before this returns.
+/// Serves `router` on `listener` with the default [`ConnectionLimits`]
+/// until `shutdown` completes; in-flight requests finish before this returns.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_with(listener, app, shutdown, ConnectionLimits::default()).await
 }
 
 /// Completes on Ctrl-C or SIGTERM.
