@@ -163,17 +163,19 @@ async fn run(config: Config) -> CliResult {
         rotation,
     );
     let app = crate::service::router(state);
-    let mut stop = shutdown_rx.clone();
-    let shutdown = async move {
-        tokio::select! {
-            _ = crate::service::shutdown_signal() => {},
-            _ = stop.changed() => {},
-        }
-    };
-    let served = crate::service::serve(listener, app, shutdown).await;
+    // Serving ends on SIGTERM or Ctrl-C, once in-flight requests are answered.
+    let served = crate::service::serve(listener, app, crate::service::shutdown_signal()).await;
     let _ = shutdown_tx.send(true);
     if let Some(r) = rotator {
         r.stopped().await;
+    }
+    // A clean stop is an entry (a crash leaves none), halted or not: the
+    // last one before the ledger closes.
+    if served.is_ok() {
+        match ledger.record_stop("shutdown signal").await {
+            Ok(entry) => tracing::info!(seq = entry.ledger_seq, "stop recorded"),
+            Err(e) => tracing::warn!(error = %e, "could not record the stop"),
+        }
     }
     let closing = ledger.clone();
     let closed = tokio::task::spawn_blocking(move || closing.close())

@@ -181,6 +181,8 @@ pub mod event {
     pub const PRESERVE: &str = "kernel.preserve";
     /// An operator recovered a halted kernel.
     pub const RECOVER: &str = "kernel.recover";
+    /// The service stopped cleanly (a crash leaves no such entry).
+    pub const STOP: &str = "kernel.stop";
 }
 
 impl KernelState {

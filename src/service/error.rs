@@ -21,6 +21,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// Human text (safe to show the client).
     pub message: String,
+    /// The old receipt, for `decided_in_earlier_session`.
+    pub receipt: Option<serde_json::Value>,
 }
 
 /// The JSON body of an error answer.
@@ -30,6 +32,9 @@ pub struct ErrorBody {
     pub error: String,
     /// Stable machine-readable code.
     pub code: String,
+    /// The receipt of the earlier decision (`decided_in_earlier_session` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<serde_json::Value>,
 }
 
 impl ApiError {
@@ -39,6 +44,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            receipt: None,
         }
     }
 
@@ -86,6 +92,7 @@ impl IntoResponse for ApiError {
         let body = ErrorBody {
             error: self.message,
             code: self.code.to_owned(),
+            receipt: self.receipt,
         };
         (self.status, Json(body)).into_response()
     }
@@ -123,6 +130,16 @@ impl From<LedgerError> for ApiError {
                 "request_id_conflict",
                 format!("request_id {id:?} was already used for a different request"),
             ),
+            e @ LedgerError::DecidedInEarlierSession(_) => {
+                let message = e.to_string();
+                let LedgerError::DecidedInEarlierSession(receipt) = e else {
+                    unreachable!("matched above")
+                };
+                ApiError {
+                    receipt: serde_json::to_value(*receipt).ok(),
+                    ..ApiError::new(StatusCode::CONFLICT, "decided_in_earlier_session", message)
+                }
+            }
             LedgerError::Unavailable(reason) => {
                 tracing::error!(%reason, "ledger unavailable");
                 ApiError::new(
