@@ -88,6 +88,8 @@ pub(crate) struct Core {
 
 /// Everything a ledger handle shares.
 pub(crate) struct Inner {
+    /// Declared (so dropped) before `datadir`: the store is closed before
+    /// the data dir's lock is released. Never handed out as an `Arc`.
     pub(crate) store: Arc<dyn LedgerStore>,
     pub(crate) datadir: Option<DataDir>,
     pub(crate) core: Mutex<Core>,

@@ -331,9 +331,10 @@ impl Ledger {
         self.inner.durable_len.load(Ordering::Acquire)
     }
 
-    /// The store (for reads: export, entries, rotation).
-    pub fn store(&self) -> &Arc<dyn LedgerStore> {
-        &self.inner.store
+    /// The store (for reads). Borrowed, not shared: the store must not
+    /// outlive the ledger, which releases the data dir's lock after it.
+    pub fn store(&self) -> &dyn LedgerStore {
+        self.inner.store.as_ref()
     }
 
     /// The stored record of a submitted request id (appended, maybe not
@@ -411,10 +412,11 @@ impl Ledger {
         verify_store(self.inner.store.as_ref(), 0, len, GENESIS_HASH)
     }
 
-    /// Finishes: a last checkpoint and commit, then the flusher stops, and
-    /// the durable head is recorded beside the store. Safe to call more than
-    /// once. The store (and the data dir's lock) is released when the last
-    /// handle is dropped.
+    /// Finishes: a last checkpoint (when the stored one is behind) and
+    /// commit, then the flusher stops, and the durable head is recorded
+    /// beside the store. Safe to call more than once. When the last handle
+    /// is dropped, the store is closed (sled made durable) and only then the
+    /// data dir's lock released.
     pub fn close(&self) -> Result<(), LedgerError> {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
