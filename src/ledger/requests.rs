@@ -243,17 +243,8 @@ mod tests {
     use crate::entry::{Entry, GENESIS_HASH};
     use crate::store::Append;
     use crate::store::memory::MemoryStore;
+    use crate::store::request_records::test_record as record;
     use crate::store::sled_store::{SledOptions, SledStore};
-
-    fn record(id: &str, seq: u64) -> RequestRecord {
-        RequestRecord {
-            request_id: id.into(),
-            seq,
-            content_hash: format!("h{seq}"),
-            status: crate::kernel::Status::Accepted,
-            tool_result: None,
-        }
-    }
 
     /// Appends `entries` as the flusher does, in batches of `batch`, every
     /// third entry a request `req-<seq>`, with a checkpoint in the batches

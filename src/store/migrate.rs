@@ -254,17 +254,8 @@ mod tests {
     use super::*;
     use crate::entry::{Entry, GENESIS_HASH};
     use crate::store::request_records::decode_fingerprints;
+    use crate::store::request_records::test_record as record;
     use crate::store::{Append, keys::prefixed, record};
-
-    fn record(id: &str, seq: u64) -> RequestRecord {
-        RequestRecord {
-            request_id: id.into(),
-            seq,
-            content_hash: format!("h{seq}"),
-            status: crate::kernel::Status::Accepted,
-            tool_result: None,
-        }
-    }
 
     /// Copies a directory tree (the crash in the middle of a swap).
     fn copy_dir(from: &Path, to: &Path) {

@@ -140,19 +140,23 @@ pub fn decode_fingerprints(bytes: &[u8]) -> Option<impl Iterator<Item = u32> + '
     })
 }
 
+/// An ACCEPTED request record of `request_id` decided at `seq` (tests).
+#[cfg(test)]
+pub(crate) fn test_record(request_id: &str, seq: u64) -> RequestRecord {
+    RequestRecord {
+        request_id: request_id.into(),
+        seq,
+        content_hash: format!("h{seq}"),
+        status: Status::Accepted,
+        tool_result: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn record(id: &str, seq: u64) -> RequestRecord {
-        RequestRecord {
-            request_id: id.into(),
-            seq,
-            content_hash: format!("h{seq}"),
-            status: Status::Accepted,
-            tool_result: None,
-        }
-    }
+    use super::test_record as record;
 
     #[test]
     fn request_blocks_are_bounded_and_keep_every_record_in_order() {
