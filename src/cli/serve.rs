@@ -190,12 +190,16 @@ async fn run(config: Config) -> CliResult {
 /// Verifies every stored entry of `dir` in a short-lived child process
 /// (`kernels verify --data-dir DIR --json`) before the service opens it.
 ///
-/// sled keeps the pages a scan reads in memory for as long as the database is
-/// open (sled 0.34; its cache capacity does not bound them), so a full
-/// verification inside the service would pin memory proportional to the
-/// ledger for the service's whole life. In a child process that memory is
-/// returned when the child exits; the service then opens with a verification
-/// from its last checkpoint only. A bad entry stops the start, naming it.
+/// A full verification reads every stored entry. sled's cache stays bounded
+/// while it does (the read nudges of `store/sled_cache.rs`), but the process
+/// keeps what the scan made it allocate, for its whole life: measured on
+/// 400,000 entries (`cargo bench --bench ledger_scale`), an open with full
+/// verification left a process at 37.5 MiB resident against 14.5 MiB for
+/// one verifying from the checkpoint, and a bare scan that grew a process
+/// from 9.7 to 23 MiB still held 23 MiB after the store was dropped. In a
+/// child process that memory is returned when the child exits; the service
+/// then opens with a verification from its last checkpoint only. A bad
+/// entry stops the start, naming it.
 fn verify_in_child(dir: &std::path::Path) -> Result<(), CliError> {
     let exe = std::env::current_exe()
         .map_err(|e| CliError::unusable(format!("cannot find the kernels binary: {e}")))?;
