@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use support::datadir::flip_stored_byte;
 use support::http;
 use support::process::{AGENT, AUDITOR, OPERATOR, ServeConfig, Server, run};
 
@@ -1098,8 +1099,29 @@ fn served_ledger() -> Served {
     let (code, stderr) = server.terminate();
     assert_eq!(code, Some(0), "a SIGTERM is a clean stop: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
-    let length = halt_seq + 1;
-    let root = status_before_stop["root_hash"].as_str().unwrap().to_owned();
+    // The clean stop recorded `kernel.stop` after the halt: the head.
+    let length = halt_seq + 2;
+    let out = run(
+        tmp.path(),
+        &[
+            "export",
+            "--data-dir",
+            &data,
+            "--from-seq",
+            &(halt_seq + 1).to_string(),
+        ],
+        None,
+    );
+    out.expect_code(0, "export the stop");
+    let (_, stop) = bundle_entries(&out.stdout);
+    assert_eq!(stop.len(), 1);
+    assert_eq!(stop[0]["tool_name"], "kernel.stop");
+    assert_eq!(
+        stop[0]["state_to"], "HALTED",
+        "a halted kernel records its stop"
+    );
+    assert_eq!(stop[0]["prev_hash"], status_before_stop["root_hash"]);
+    let root = stop[0]["entry_hash"].as_str().unwrap().to_owned();
 
     Served {
         tmp,
@@ -1807,35 +1829,6 @@ fn data_dir_commands_refuse_what_is_not_a_data_dir() {
         "{}",
         failure.stderr
     );
-}
-
-/// Flips one byte of entry `seq`'s stored record, inside the hashed JSON
-/// (`offset` bytes into it), directly in sled. Layout: see
-/// src/store/sled_store.rs and src/store/record.rs.
-fn flip_stored_byte(data_dir: &Path, seq: u64, offset: usize) {
-    let db = sled::open(data_dir.join("ledger")).unwrap();
-    let tree = db.open_tree("ledger").unwrap();
-    let mut from = vec![b'c'];
-    from.extend_from_slice(&0u64.to_be_bytes());
-    let mut to = vec![b'c'];
-    to.extend_from_slice(&seq.to_be_bytes());
-    let (key, value) = tree.range(from..=to).next_back().unwrap().unwrap();
-    let first = u64::from_be_bytes(key[1..9].try_into().unwrap());
-    let mut value = value.to_vec();
-    let mut at = 5; // chunk header: version, count
-    for _ in first..seq {
-        let len = u32::from_be_bytes(value[at..at + 4].try_into().unwrap()) as usize;
-        at += 4 + len;
-    }
-    let len = u32::from_be_bytes(value[at..at + 4].try_into().unwrap()) as usize;
-    const RECORD_HEADER: usize = 77; // version, seq, prev_hash, entry_hash, preimage length
-    assert!(
-        RECORD_HEADER + offset < len,
-        "the offset is inside the record"
-    );
-    value[at + 4 + RECORD_HEADER + offset] ^= 0x01;
-    tree.insert(key, value).unwrap();
-    db.flush().unwrap();
 }
 
 #[test]

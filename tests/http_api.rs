@@ -348,17 +348,62 @@ async fn bad_input_gets_4xx_and_changes_nothing() {
     server.stop().await;
 }
 
+/// The entry at `seq`, read back over HTTP.
+async fn entry_at(server: &TestServer, seq: u64) -> Value {
+    let (code, page) = get(
+        &server.url(&format!("/v1/entries?from_seq={seq}&limit=1")),
+        Some(AUDITOR),
+    )
+    .await;
+    assert_eq!(code, 200, "{page}");
+    page["entries"][0].clone()
+}
+
 #[tokio::test]
 async fn receipts_survive_a_restart_of_the_service() {
     let tmp = tempfile::tempdir().unwrap();
     let server = TestServer::start(tmp.path()).await;
-    let (_, r) = post(
+    let submit = |id: &'static str, tool: &'static str| {
+        let url = server.url("/v1/requests");
+        async move { post(&url, Some(AGENT), &req(id, "agent-001", tool)).await }
+    };
+    let (code, failed) = submit("p1", "add").await;
+    assert_eq!(
+        (code, &failed["status"]),
+        (200, &json!("FAILED")),
+        "add without a, b fails: {failed}"
+    );
+    let (code, allowed) = submit("p2", "echo").await;
+    assert_eq!(
+        (code, &allowed["decision"]),
+        (200, &json!("ALLOW")),
+        "{allowed}"
+    );
+    drop(server.stop().await);
+
+    // After a restart: each receipt is its stored entry, and a retry (same
+    // session) answers it unchanged without recording anything.
+    let server = TestServer::start(tmp.path()).await;
+    for receipt in [&failed, &allowed] {
+        let entry = entry_at(&server, receipt["ledger_seq"].as_u64().unwrap()).await;
+        assert_eq!(entry["request_id"], receipt["request_id"], "{entry}");
+        assert_eq!(entry["entry_hash"], receipt["evidence_hash"], "{entry}");
+        assert_eq!(entry["decision"], receipt["decision"], "{entry}");
+    }
+    let n = length(&server).await;
+    let (code, again) = post(
         &server.url("/v1/requests"),
         Some(AGENT),
-        &req("p1", "agent-001", "add"),
+        &req("p2", "agent-001", "echo"),
     )
     .await;
-    assert_eq!(r["status"], "FAILED", "add without a, b fails: {r}");
+    assert_eq!(
+        (code, &again),
+        (200, &allowed),
+        "a retry answers the original receipt"
+    );
+    assert_eq!(length(&server).await, n, "and records nothing");
+
     let (_, halted) = post(
         &server.url("/v1/halt"),
         Some(OPERATOR),
@@ -378,6 +423,87 @@ async fn receipts_survive_a_restart_of_the_service() {
     )
     .await;
     assert_eq!(code, 409, "halted: {again}");
+    assert_eq!(again["code"], "halted", "{again}");
+    server.stop().await;
+}
+
+/// After halt -> policy change -> recover, a retry of a request decided
+/// before the halt is not answered with its old ALLOW (the new policy may
+/// deny it): 409 `decided_in_earlier_session`, the old receipt in the body.
+#[tokio::test]
+async fn a_retry_from_an_earlier_session_is_not_replayed_after_a_recovery() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = TestServer::start(tmp.path()).await;
+    let (code, allowed) = post(
+        &server.url("/v1/requests"),
+        Some(AGENT),
+        &req("old-1", "agent-002", "echo"),
+    )
+    .await;
+    assert_eq!(
+        (code, &allowed["decision"]),
+        (200, &json!("ALLOW")),
+        "{allowed}"
+    );
+    let (code, _) = post(
+        &server.url("/v1/halt"),
+        Some(OPERATOR),
+        &json!({"reason": "incident"}),
+    )
+    .await;
+    assert_eq!(code, 200);
+    // agent-002 is no longer allowed.
+    let (_, policy) = get(&server.url("/v1/policy"), Some(AUDITOR)).await;
+    let mut p = policy["policy"].clone();
+    p["allowed_actors"] = json!(["agent-001"]);
+    let (code, updated) = call(
+        reqwest::Method::PUT,
+        &server.url("/v1/policy"),
+        Some(OPERATOR),
+        Some(serde_json::to_vec(&json!({"policy": p, "reason": "drop agent-002"})).unwrap()),
+    )
+    .await;
+    assert_eq!(code, 200, "{updated}");
+    let (code, _) = post(
+        &server.url("/v1/recover"),
+        Some(OPERATOR),
+        &json!({"reason": "fixed"}),
+    )
+    .await;
+    assert_eq!(code, 200);
+    // Also across a restart.
+    drop(server.stop().await);
+    let server = TestServer::start(tmp.path()).await;
+    let n = length(&server).await;
+    let (code, answer) = post(
+        &server.url("/v1/requests"),
+        Some(AGENT),
+        &req("old-1", "agent-002", "echo"),
+    )
+    .await;
+    assert_eq!(code, 409, "{answer}");
+    assert_eq!(answer["code"], "decided_in_earlier_session", "{answer}");
+    assert_eq!(
+        answer["receipt"], allowed,
+        "the old receipt, for the record"
+    );
+    assert_eq!(length(&server).await, n, "nothing recorded");
+    // Submitted again under a new id, it is judged by the current policy.
+    let (code, fresh) = post(
+        &server.url("/v1/requests"),
+        Some(AGENT),
+        &req("old-1-again", "agent-002", "echo"),
+    )
+    .await;
+    assert_eq!((code, &fresh["decision"]), (200, &json!("DENY")), "{fresh}");
+    // A request of the current session is still answered as before.
+    let (_, again) = post(
+        &server.url("/v1/requests"),
+        Some(AGENT),
+        &req("old-1-again", "agent-002", "echo"),
+    )
+    .await;
+    assert_eq!(again, fresh);
     server.stop().await;
 }
 
@@ -516,16 +642,6 @@ async fn rotation_outcomes_keep_their_kind_over_http() {
     let (code, status) = get(&url, Some(AUDITOR)).await;
     assert_eq!((code, &status["scripted"]), (200, &json!(true)));
     server.stop().await;
-}
-
-async fn entry_at(server: &TestServer, seq: u64) -> Value {
-    let (code, page) = get(
-        &server.url(&format!("/v1/entries?from_seq={seq}&limit=1")),
-        Some(AUDITOR),
-    )
-    .await;
-    assert_eq!(code, 200, "{page}");
-    page["entries"][0].clone()
 }
 
 #[tokio::test]

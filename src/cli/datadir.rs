@@ -2,9 +2,14 @@
 //! --data-dir`, `replay`, `info --data-dir` (and `investigate` without
 //! `--server`, in `investigate.rs`).
 //!
-//! They open the ledger read-only (no `kernel.start`, no policy update), so
-//! running them changes nothing. A data dir held by a running service is
-//! refused at once with a message pointing to the HTTP API.
+//! They record no entry (no `kernel.start`, no policy update, no stop), but
+//! opening and closing a data dir is not free of writes: an older storage
+//! format is upgraded (`migrations/`), what the write-ahead log still holds
+//! is applied to sled and the log generations it covered are deleted, and
+//! closing stores a state checkpoint and the durable head when they are
+//! behind. The entries themselves never change. A data dir held by a
+//! running service is refused at once with a message pointing to the HTTP
+//! API.
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};

@@ -1,5 +1,5 @@
-//! Operational events: create, start, policy update, halt, recover, rotate,
-//! preserve — each an entry of the same chain as the decisions.
+//! Operational events: create, start, stop, policy update, halt, recover,
+//! rotate, preserve — each an entry of the same chain as the decisions.
 //!
 //! An event entry names the event in `tool_name` (`kernel.<event>`), the
 //! operator (or `SYSTEM`) in `actor`, says what and why in `intent`, and stores
@@ -143,6 +143,28 @@ impl KernelState {
                 "service start #{} (kernels {software_version})",
                 self.starts + 1
             ),
+            self.state,
+            payload,
+        )
+    }
+
+    /// `kernel.stop`: the service stopped cleanly (after its last request
+    /// was answered). Recorded halted or not: it is an operational event,
+    /// not a decision, and changes no state.
+    pub fn stop_event(&self, now_ms: u64, reason: &str) -> Result<EntryBody, EventError> {
+        require_initialised(self)?;
+        require_reason(reason)?;
+        let payload = json!({
+            "reason": reason,
+            "starts": self.starts,
+            "state": self.state.as_str(),
+        });
+        event_body(
+            self,
+            now_ms,
+            event::STOP,
+            "SYSTEM",
+            format!("service stop: {reason}"),
             self.state,
             payload,
         )

@@ -198,6 +198,8 @@ pub mod event {
             .as_deref()
             .filter(|t| t.starts_with("kernel.") && entry.request_id.as_str() == *t)
     }
+    /// The service stopped cleanly (a crash leaves no such entry).
+    pub const STOP: &str = "kernel.stop";
 }
 
 impl KernelState {

@@ -259,6 +259,17 @@ impl From<LedgerError> for ApiError {
                 "request_id_conflict",
                 format!("request_id {id:?} was already used for a different request"),
             ),
+            e @ LedgerError::DecidedInEarlierSession(_) => {
+                let message = e.to_string();
+                let LedgerError::DecidedInEarlierSession(receipt) = e else {
+                    unreachable!("matched above")
+                };
+                ApiError::Conflict {
+                    code: "decided_in_earlier_session",
+                    message,
+                    receipt: serde_json::to_value(*receipt).ok(),
+                }
+            }
             LedgerError::Unavailable(reason) => {
                 tracing::error!(%reason, "ledger unavailable");
                 ApiError::Unavailable {

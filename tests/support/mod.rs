@@ -12,11 +12,13 @@
 //! * [`gate`] — a TCP gate that forwards to a server or hangs (a hung store)
 //! * [`webhook`] — a webhook receiver (alerts)
 //! * [`fs`] — file helpers (copying a data dir)
+//! * [`datadir`] — acting on a data dir from outside (damaging stored bytes)
 //!
 //! The tokens below are the ones both servers accept.
 
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod datadir;
 pub mod fs;
 pub mod gate;
 pub mod http;
