@@ -11,6 +11,11 @@
 //! * [`canonical`] — Python-compatible canonical JSON, the basis of every hash
 //! * [`entry`] — the ledger entry and its hash
 //! * [`chain`] — chain verification (every error, with its index)
+//! * [`merkle`] — the RFC 9162 Merkle tree beside the chain: tree heads,
+//!   compact ranges, tiles, inclusion and consistency proofs
+//! * [`note`], [`checkpoint`] — C2SP signed notes and Ed25519 keys, and the
+//!   signed tree heads (checkpoints, witness cosignatures) built on them
+//! * [`proofs`] — inclusion and consistency proof documents, built and checked
 //! * [`bundle`] — streamed evidence bundle reading and writing
 //! * [`verify`] — parallel, streamed verification of bundle files
 //! * [`kernel`] — the pure kernel: requests, policy, variants, permits,
@@ -37,13 +42,17 @@ pub mod allocator;
 pub mod bundle;
 pub mod canonical;
 pub mod chain;
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod entry;
 pub mod evidence;
 pub mod kernel;
 pub mod ledger;
+pub mod merkle;
 pub mod metrics;
+pub mod note;
+pub mod proofs;
 pub mod rotator;
 pub mod service;
 pub mod store;

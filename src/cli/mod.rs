@@ -1,7 +1,7 @@
 //! The `kernels` command line: argument parsing and dispatch to the commands.
 //!
 //! Offline commands (verify, canonical, validate, simulate, info, export,
-//! replay, archive …) work on files, a data dir or an archive; commands that
+//! replay, archive, keygen, checkpoint and proof verify …) work on files, a data dir or an archive; commands that
 //! change a running kernel (halt, policy update, rotate …) talk to the
 //! service over HTTP. Every command returns an exit code: 0 success, 1 a
 //! negative answer (invalid chain, failed validation, unhealthy service), 2
@@ -14,6 +14,7 @@ mod evidence;
 mod health;
 mod investigate;
 mod permit;
+mod proofs;
 mod serve;
 mod simulate;
 
@@ -121,6 +122,14 @@ pub enum Command {
     /// Issue permit tokens (signed with a key of the configured keyring).
     #[command(subcommand)]
     Permit(permit::PermitCommand),
+    /// Create a checkpoint signing key (writes the private key, prints the verifier key).
+    Keygen(proofs::KeygenArgs),
+    /// Verify a signed checkpoint, with its witnesses' cosignatures.
+    #[command(subcommand)]
+    Checkpoint(proofs::CheckpointCommand),
+    /// Verify an inclusion or consistency proof against its signed checkpoint.
+    #[command(subcommand)]
+    Proof(proofs::ProofCommand),
 }
 
 /// Logging: JSON lines on stderr; `KERNELS_LOG` sets the filter (default
@@ -150,6 +159,9 @@ pub fn run(cli: Cli) -> ExitCode {
         },
         Command::Validate(args) => evidence::validate(args),
         Command::Verify(args) => match (&args.data_dir, &args.bundle) {
+            (Some(_), None) if args.tree.checkpoint.is_some() => Err(CliError::unusable(
+                "--key/--checkpoint check a bundle file: export the data dir first",
+            )),
             (Some(dir), None) => datadir::verify_data_dir(dir, args.json),
             (Some(_), Some(_)) => Err(CliError::unusable(
                 "give a bundle file or --data-dir, not both",
@@ -171,6 +183,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Rotate(args) => client::rotate(args),
         Command::Archive(cmd) => archive::archive(cmd),
         Command::Permit(cmd) => permit::permit(cmd),
+        Command::Keygen(args) => proofs::keygen(args),
+        Command::Checkpoint(cmd) => proofs::checkpoint(cmd),
+        Command::Proof(cmd) => proofs::proof(cmd),
     };
     match result {
         Ok(code) => ExitCode::from(code),
