@@ -21,8 +21,8 @@ use duration::{count_setting, duration_setting};
 pub use error::ConfigError;
 use error::err;
 pub use raw::{
-    RawConfig, RawKernel, RawLimits, RawObjectLock, RawPermits, RawRotation, RawStorage, RawToken,
-    read_raw,
+    RawConfig, RawKernel, RawLimits, RawObjectLock, RawPermits, RawRotation, RawSigning,
+    RawStorage, RawToken, read_raw,
 };
 
 use crate::kernel::permit::{Keyring, keyring_from_hex};
@@ -117,6 +117,16 @@ pub struct RotationConfig {
     pub attempt_timeout: Duration,
 }
 
+/// Checkpoint signing settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningConfig {
+    /// The private key file; `None`: `<data_dir>/signing.key`, created at
+    /// first start.
+    pub key_file: Option<PathBuf>,
+    /// The log's origin (the key's name).
+    pub origin: String,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -161,6 +171,8 @@ pub struct Config {
     pub verify_full_on_start: bool,
     /// Alerts, when a webhook is set.
     pub alerts: Option<crate::alerts::AlertsConfig>,
+    /// Checkpoint signing.
+    pub signing: SigningConfig,
 }
 
 /// Values from the command line (they override everything).
@@ -492,6 +504,23 @@ impl Config {
         let alerts =
             crate::alerts::AlertsConfig::from_raw(raw.alerts, env, parse_duration).map_err(err)?;
 
+        let signing = raw.signing.unwrap_or_default();
+        let origin = env("KERNELS_SIGNING_ORIGIN")
+            .or(signing.origin)
+            .unwrap_or_else(|| format!("kernels/{kernel_id}"));
+        if !crate::note::keys::is_valid_name(&origin) {
+            return Err(err(format!(
+                "signing.origin {origin:?} cannot name a key (no spaces, '+' or control characters)"
+            )));
+        }
+        let signing = SigningConfig {
+            key_file: env("KERNELS_SIGNING_KEY_FILE")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .or(signing.key_file),
+            origin,
+        };
+
         Ok(Config {
             kernel_id,
             variant,
@@ -516,6 +545,7 @@ impl Config {
             checkpoint_every: storage.checkpoint_every.unwrap_or(10_000).max(1),
             verify_full_on_start,
             alerts,
+            signing,
         })
     }
 }
