@@ -64,7 +64,7 @@ pub struct ServeArgs {
     pub listen: Option<String>,
     /// Accept a checkpoint signing key other than the one the ledger
     /// records (a deliberate key rotation; recorded in `kernel.start`).
-    #[arg(long)]
+    #[arg(long, env = "KERNELS_ROTATE_SIGNING_KEY")]
     pub rotate_signing_key: bool,
 }
 

@@ -7,6 +7,7 @@
 //!
 //! * [`api`] — the `/v1/` handlers, `/health`, `/ready`, `/metrics`
 //! * [`entries`] — `/v1/evidence` and `/v1/entries`: reading the chain
+//! * [`proofs`] — `/v1/checkpoint` and `/v1/proofs/…`: provable history
 //! * [`auth`] — bearer tokens and roles
 //! * [`error`] — the one place errors become status codes
 //! * [`openapi`] — the OpenAPI document, generated from the handlers
@@ -18,6 +19,7 @@ pub mod conn;
 pub mod entries;
 pub mod error;
 pub mod openapi;
+pub mod proofs;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -141,6 +143,10 @@ pub const ROUTES: &[&str] = &[
     "/v1/preserve",
     "/v1/rotations",
     "/v1/verify",
+    "/v1/checkpoint",
+    "/v1/checkpoint/key",
+    "/v1/proofs/inclusion",
+    "/v1/proofs/consistency",
     "/v1/openapi.json",
 ];
 
@@ -157,6 +163,10 @@ pub fn router(state: AppState) -> Router {
         .route("/preserve", post(api::preserve))
         .route("/rotations", get(api::rotations).post(api::rotate))
         .route("/verify", post(api::verify))
+        .route("/checkpoint", get(proofs::checkpoint))
+        .route("/checkpoint/key", get(proofs::checkpoint_key))
+        .route("/proofs/inclusion", get(proofs::inclusion))
+        .route("/proofs/consistency", get(proofs::consistency))
         .route("/openapi.json", get(openapi::document))
         .route_layer(middleware::from_fn_with_state(
             Arc::new(state.tokens().clone()),
