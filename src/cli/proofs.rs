@@ -134,7 +134,7 @@ pub(super) fn keygen(args: KeygenArgs) -> CliResult {
 }
 
 /// A verifier key given as text or `@FILE`.
-fn load_key(arg: &str, what: &str) -> Result<VerifierKey, CliError> {
+pub(super) fn load_key(arg: &str, what: &str) -> Result<VerifierKey, CliError> {
     let text = match arg.strip_prefix('@') {
         Some(path) => std::fs::read_to_string(path)
             .map_err(|e| CliError::unusable(format!("{what}: cannot read {path}: {e}")))?,
