@@ -508,7 +508,7 @@ impl Config {
         let origin = env("KERNELS_SIGNING_ORIGIN")
             .or(signing.origin)
             .unwrap_or_else(|| format!("kernels/{kernel_id}"));
-        if !crate::note::keys::is_valid_name(&origin) {
+        if !crate::note::keys::is_valid_name(&origin) || origin == "cosignature/v1" {
             return Err(err(format!(
                 "signing.origin {origin:?} cannot name a key (no spaces, '+' or control characters)"
             )));

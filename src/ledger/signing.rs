@@ -17,6 +17,12 @@
 //! is refused with how many entries are missing, and a tree whose root at
 //! that size differs is refused — so a restart, a recovery or a migration
 //! never makes the service sign a tree that does not extend what it signed.
+//!
+//! Peer witnessing (the cluster): [`Ledger::witness_key`] is the instance
+//! key as a `cosignature/v1` key, [`Ledger::cosign`] cosigns a peer's
+//! checkpoint with it, and [`Ledger::add_cosignature`] adds a peer's
+//! cosignature to one of this ledger's recent checkpoints, which is then
+//! served with it.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,7 +36,7 @@ use super::tree::{TreeError, TreeHead};
 use crate::checkpoint::{Checkpoint, CheckpointError, SignedCheckpoint};
 use crate::merkle::Hash;
 use crate::merkle::tiles::TiledNodes;
-use crate::note::{Signature, SignerKey, VerifierKey};
+use crate::note::{KeyKind, Signature, SignerKey, VerifierKey};
 use crate::proofs::{ConsistencyProof, InclusionProof};
 use crate::store::datadir::DataDir;
 use crate::store::tiles::StoreTiles;
@@ -114,6 +120,8 @@ pub(crate) fn recorded_heads(
 pub(crate) struct Signing {
     key: Arc<SignerKey>,
     verifier: VerifierKey,
+    /// The same key as a `cosignature/v1` witness key (peer witnessing).
+    witness: SignerKey,
     /// The largest signed head made durable.
     persisted: Mutex<Option<TreeHead>>,
     /// Held while a signed head is made durable, so the stored one only grows.
@@ -132,6 +140,7 @@ impl Signing {
     pub(crate) fn new(key: Arc<SignerKey>, persisted: Option<TreeHead>) -> Signing {
         Signing {
             verifier: key.verifier(),
+            witness: key.with_kind(KeyKind::CosignatureV1),
             key,
             persisted: Mutex::new(persisted),
             persisting: tokio::sync::Mutex::new(()),
@@ -163,6 +172,36 @@ impl Ledger {
     /// The verifier key of the key that signs this ledger's checkpoints.
     pub fn verifier_key(&self) -> Option<&VerifierKey> {
         self.inner.signing.as_ref().map(|s| &s.verifier)
+    }
+
+    /// This instance's witness key: its signing key as a tlog-cosignature
+    /// `cosignature/v1` key (type 0x04, same name). Peers pin it to check
+    /// the cosignatures [`Ledger::cosign`] makes.
+    pub fn witness_key(&self) -> Option<VerifierKey> {
+        self.inner.signing.as_ref().map(|s| s.witness.verifier())
+    }
+
+    /// Cosigns a peer's checkpoint with this instance's witness key at
+    /// `timestamp` (POSIX seconds); returns the cosignature, for the peer to
+    /// add with [`Ledger::add_cosignature`]. A witness vouches that it saw
+    /// this checkpoint and that it extends every earlier one of that log it
+    /// cosigned: the caller verifies `peer` with the peer's log key and the
+    /// consistency proof from the last size it cosigned, before asking.
+    pub fn cosign(&self, peer: &SignedCheckpoint, timestamp: u64) -> Result<Signature, TreeError> {
+        let signing = self.signing()?;
+        let mut cosigned = peer.clone();
+        cosigned
+            .cosign(&signing.witness, timestamp)
+            .map_err(|e| TreeError::OutOfRange(e.to_string()))?;
+        let id = (signing.witness.name(), signing.witness.id());
+        cosigned
+            .note
+            .signatures()
+            .iter()
+            .rev()
+            .find(|s| (s.name.as_str(), s.key_id) == id)
+            .cloned()
+            .ok_or_else(|| TreeError::OutOfRange("the cosignature was not added".into()))
     }
 
     fn signing(&self) -> Result<&Signing, TreeError> {
