@@ -45,6 +45,9 @@ pub struct RequestSchema {
     permit: Option<Object>,
     /// Caller's timestamp (informational).
     ts_ms: Option<u64>,
+    /// The caller runs the tool after an ALLOW (e.g. an MCP server behind
+    /// `kernels mcp-proxy`): the kernel decides and records, never runs it.
+    external_tool: Option<bool>,
 }
 
 /// The kernel's answer.
