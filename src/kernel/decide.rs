@@ -264,7 +264,7 @@ fn deny_request(
     error: String,
     status: Status,
 ) -> Decided {
-    deny(
+    let mut decided = deny(
         walk,
         ctx,
         request.request_id.clone().into(),
@@ -272,7 +272,14 @@ fn deny_request(
         request.intent.clone().into(),
         error,
         status,
-    )
+    );
+    // Ours: a call its caller runs (an MCP tools/call) names its tool even
+    // when denied, so every such call is an entry with its tool name; the
+    // library's requests keep the library's null.
+    if request.external_tool {
+        decided.body.tool_name = request.tool_call.as_ref().map(|c| c.name.clone());
+    }
+    decided
 }
 
 fn deny(

@@ -241,6 +241,10 @@ mod where_tools_run {
     use serde_json::{Value, json};
 
     fn submit(request: Value) -> Receipt {
+        submit_to(request).0
+    }
+
+    fn submit_to(request: Value) -> (Receipt, MemoryKernel) {
         let policy =
             Policy::from_yaml("allowed_actors: [alice]\nallowed_tools: [echo, fs.read_file]\n")
                 .unwrap();
@@ -252,8 +256,10 @@ mod where_tools_run {
             jurisdiction: "default",
             external_tools: &crate::kernel::decide::NO_EXTERNAL_TOOLS,
         };
-        k.submit(&RawRequest::from_value(request).unwrap(), &ctx)
-            .unwrap()
+        let receipt = k
+            .submit(&RawRequest::from_value(request).unwrap(), &ctx)
+            .unwrap();
+        (receipt, k)
     }
 
     #[test]
@@ -290,14 +296,19 @@ mod where_tools_run {
     }
 
     #[test]
-    fn a_marked_call_is_still_judged_by_the_policy() {
-        let r = submit(json!({"request_id": "r1", "actor": "alice", "intent": "rm",
+    fn a_marked_call_is_still_judged_by_the_policy_and_its_denial_names_the_tool() {
+        let (r, k) = submit_to(json!({"request_id": "r1", "actor": "alice", "intent": "rm",
             "tool_call": {"name": "fs.delete", "params": {}}, "external_tool": true}));
         assert_eq!((r.status, r.decision.as_str()), (Status::Rejected, "DENY"));
         assert_eq!(
             r.error.as_deref(),
             Some("Jurisdiction denied: Tool 'fs.delete' is not in allowed tools")
         );
+        assert_eq!(k.entries[1].tool_name.as_deref(), Some("fs.delete"));
+        // An unmarked (library) request's denial keeps the library's null.
+        let (_, k) = submit_to(json!({"request_id": "r1", "actor": "alice", "intent": "rm",
+            "tool_call": {"name": "fs.delete", "params": {}}}));
+        assert_eq!(k.entries[1].tool_name, None);
     }
 
     #[test]
