@@ -15,11 +15,13 @@
 //! * [`machine`] — states and transitions
 //! * [`decide`] — the decision path
 //! * [`events`] — operational events
+//! * [`outcome`] — what an externally run tool did (`kernel.outcome`)
 //! * [`state`] — the folded state
 
 pub mod decide;
 pub mod events;
 pub mod machine;
+pub mod outcome;
 pub mod permit;
 pub mod policy;
 pub mod pysem;

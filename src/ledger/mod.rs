@@ -12,9 +12,11 @@
 //!
 //! * [`open`] — opening a data dir: checks, checkpoint, verification, replay
 //! * [`commit`] — the group-commit flusher
+//! * [`outcome`] — recording a `kernel.outcome` once per request
 
 mod commit;
 pub mod open;
+pub mod outcome;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

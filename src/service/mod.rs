@@ -6,10 +6,13 @@
 //! installs the signal handlers and calls these.
 //!
 //! * [`api`] — the `/v1/` handlers, `/health`, `/ready`, `/metrics`
+//! * [`agents`] — what agents' proxies read (`/v1/policy/allowed`) and the
+//!   MCP front (`/mcp/{name}`)
 //! * [`auth`] — bearer tokens and roles
 //! * [`error`] — the one place errors become status codes
 //! * [`openapi`] — the OpenAPI document, generated from the handlers
 
+pub mod agents;
 pub mod api;
 pub mod auth;
 pub mod error;
@@ -117,6 +120,8 @@ pub const ROUTES: &[&str] = &[
     "/v1/evidence",
     "/v1/entries",
     "/v1/policy",
+    "/v1/policy/allowed",
+    "/v1/outcomes",
     "/v1/halt",
     "/v1/recover",
     "/v1/preserve",
@@ -133,6 +138,8 @@ pub fn router(state: AppState) -> Router {
         .route("/evidence", get(api::evidence))
         .route("/entries", get(api::entries))
         .route("/policy", get(api::get_policy).put(api::put_policy))
+        .route("/policy/allowed", get(agents::allowed))
+        .route("/outcomes", post(agents::outcomes))
         .route("/halt", post(api::halt))
         .route("/recover", post(api::recover))
         .route("/preserve", post(api::preserve))
