@@ -15,10 +15,14 @@
 //! * [`kernel`] — the pure kernel: requests, policy, variants, permits,
 //!   state machine, decisions, operational events and the folded state
 //! * [`verify`] — parallel, streamed verification of bundle files
+//! * [`mcp`] — `kernels mcp-proxy` and the MCP front of `kernels serve`:
+//!   the kernel in the path of MCP tool calls
+//! * [`api_client`] — a client for the service's HTTP API (CLI, MCP proxy)
 //! * [`cli`] — the `kernels` command line
 //! * [`allocator`] — allocator tuning for a bounded footprint (the only `unsafe`)
 
 pub mod allocator;
+pub mod api_client;
 pub mod bundle;
 pub mod canonical;
 pub mod chain;
@@ -28,6 +32,7 @@ pub mod entry;
 pub mod evidence;
 pub mod kernel;
 pub mod ledger;
+pub mod mcp;
 pub mod metrics;
 pub mod rotator;
 pub mod service;

@@ -12,6 +12,7 @@ use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
 use super::{CliError, CliResult, EXIT_NEGATIVE, EXIT_OK, parse_json, read_input};
+use crate::api_client::ApiClient;
 use crate::kernel::Policy;
 
 /// Where the service is.
@@ -25,27 +26,19 @@ pub struct ServerArgs {
     pub json: bool,
 }
 
-struct Client {
-    http: reqwest::Client,
-    base: String,
-    token: Option<String>,
-}
+/// The service's API client, with the CLI's errors.
+struct Client(ApiClient);
 
 impl Client {
     fn new(server: &ServerArgs) -> Result<Client, CliError> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(600))
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| CliError::unusable(format!("cannot build an HTTP client: {e}")))?;
-        Ok(Client {
-            http,
-            base: server.server.trim_end_matches('/').to_owned(),
-            token: std::env::var("KERNELS_TOKEN")
-                .ok()
-                .filter(|t| !t.is_empty()),
-        })
+        ApiClient::new(
+            &server.server,
+            ApiClient::token_from_env(),
+            Duration::from_secs(600),
+            Duration::from_secs(5),
+        )
+        .map(Client)
+        .map_err(|e| CliError::unusable(e.to_string()))
     }
 
     async fn call(
@@ -54,24 +47,10 @@ impl Client {
         path: &str,
         body: Option<Value>,
     ) -> Result<(u16, Value), CliError> {
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req
-            .send()
+        self.0
+            .call(method, path, body.as_ref())
             .await
-            .map_err(|e| CliError::unusable(format!("cannot reach {}: {e}", self.base)))?;
-        let status = resp.status().as_u16();
-        let text = resp
-            .text()
-            .await
-            .map_err(|e| CliError::unusable(format!("reading the answer: {e}")))?;
-        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Ok((status, value))
+            .map_err(|e| CliError::unusable(e.to_string()))
     }
 }
 

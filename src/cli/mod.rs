@@ -11,6 +11,7 @@ mod archive;
 mod client;
 mod datadir;
 mod evidence;
+mod mcp;
 mod serve;
 mod simulate;
 
@@ -99,6 +100,8 @@ pub enum Command {
     /// Verify or replay a kernel's archive (S3 or a directory of downloaded objects).
     #[command(subcommand)]
     Archive(archive::ArchiveCommand),
+    /// Run an MCP server (stdio) behind the kernel: every tools/call is decided first.
+    McpProxy(mcp::McpProxyArgs),
 }
 
 /// Logging: JSON lines on stderr; `KERNELS_LOG` sets the filter (default
@@ -148,6 +151,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Policy(cmd) => client::policy(cmd),
         Command::Rotate(args) => client::rotate(args),
         Command::Archive(cmd) => archive::archive(cmd),
+        Command::McpProxy(args) => mcp::mcp_proxy(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
