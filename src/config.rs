@@ -55,6 +55,8 @@ pub struct RawConfig {
     /// run — the agent runs them after an ALLOW.
     #[serde(default)]
     pub external_tools: Vec<String>,
+    /// `mcp:` (ours): MCP servers fronted at `/mcp/{name}`.
+    pub mcp: Option<crate::mcp::config::RawMcp>,
 }
 
 /// `kernel:` section.
@@ -271,6 +273,8 @@ pub struct Config {
     pub checkpoint_every: u64,
     /// Whether `serve` verifies every stored entry before it starts.
     pub verify_full_on_start: bool,
+    /// The MCP servers fronted at `/mcp/{name}`.
+    pub mcp: crate::mcp::config::McpConfig,
 }
 
 /// Values from the command line (they override everything).
@@ -636,6 +640,8 @@ impl Config {
             cache_bytes: storage.cache_mb.unwrap_or(1) * 1024 * 1024,
             checkpoint_every: storage.checkpoint_every.unwrap_or(10_000).max(1),
             verify_full_on_start,
+            mcp: crate::mcp::config::McpConfig::from_raw(raw.mcp.unwrap_or_default())
+                .map_err(err)?,
         })
     }
 }

@@ -161,7 +161,11 @@ async fn run(config: Config) -> CliResult {
             data_dir: config.data_dir.clone(),
         },
         rotation,
-    );
+    )
+    .with_mcp(crate::mcp::front::McpFront::new(&config.mcp).map_err(CliError::unusable)?);
+    for server in &config.mcp.servers {
+        tracing::info!(name = %server.name, url = %server.url, "fronting an MCP server at /mcp/{}", server.name);
+    }
     let app = crate::service::router(state);
     let mut stop = shutdown_rx.clone();
     let shutdown = async move {

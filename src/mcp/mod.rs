@@ -16,10 +16,18 @@
 //! * [`session`] — one connection: actor, request ids, decisions
 //! * [`outcomes`] — recording what forwarded calls did, in the background
 //! * [`stdio`] — the stdio transport (`kernels mcp-proxy`)
+//! * [`front`] — the Streamable HTTP transport (`/mcp/{name}` in `kernels serve`)
+//! * [`headers`] — the Streamable HTTP header rules (`Mcp-Method`, `Mcp-Name`)
+//! * [`sse`] — Server-Sent Events framing for relaying streams
+//! * [`config`] — `mcp:` in the service configuration
 
+pub mod config;
+pub mod front;
 pub mod gate;
+pub mod headers;
 pub mod intercept;
 pub mod message;
 pub mod outcomes;
 pub mod session;
+pub mod sse;
 pub mod stdio;

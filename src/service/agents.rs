@@ -7,8 +7,12 @@
 //! The answer of `allowed` is a projection of the active policy, never a
 //! decision: every tool call is still decided (and recorded) one by one.
 
-use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -20,6 +24,8 @@ use super::error::ApiError;
 use crate::config::Role;
 use crate::kernel::outcome::{OutcomeError, OutcomeReport};
 use crate::ledger::outcome::RecordOutcomeError;
+use crate::mcp::gate::{Gate, KernelAnswer};
+use crate::mcp::session::{Session, Settings};
 
 /// Query of `GET /v1/policy/allowed`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -166,4 +172,119 @@ fn outcome_error(e: RecordOutcomeError) -> ApiError {
         RecordOutcomeError::Forbidden(_) => ApiError::forbidden(e.to_string()),
         RecordOutcomeError::Ledger(e) => e.into(),
     }
+}
+
+/// The kernel in-process, as the MCP front's interception asks it: the same
+/// handlers as the HTTP API, for the caller's principal, answered as status
+/// and JSON body (so that both transports read answers the same way).
+#[derive(Clone)]
+struct LocalGate {
+    state: AppState,
+    principal: Principal,
+}
+
+async fn answer(result: Result<Value, ApiError>) -> KernelAnswer {
+    match result {
+        Ok(v) => Ok((200, v)),
+        Err(e) => {
+            let response = e.into_response();
+            let status = response.status().as_u16();
+            let body = axum::body::to_bytes(response.into_body(), 1024 * 1024)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
+        }
+    }
+}
+
+impl Gate for LocalGate {
+    async fn submit(&self, request: Value) -> KernelAnswer {
+        let result = super::api::submit_for(&self.state, &self.principal, request)
+            .await
+            .and_then(|r| serde_json::to_value(r).map_err(ApiError::internal));
+        answer(result).await
+    }
+
+    async fn allowed(&self, actor: Option<String>) -> KernelAnswer {
+        answer(allowed_for(&self.state, &self.principal, actor.as_deref())).await
+    }
+
+    async fn outcome(&self, outcome: Value) -> KernelAnswer {
+        answer(record_outcome(&self.state, &self.principal, &outcome).await).await
+    }
+}
+
+/// Header naming the actor of the calls (else the token's single actor).
+pub const ACTOR_HEADER: &str = "kernels-actor";
+
+/// `POST /mcp/{name}` (agent, operator): one MCP message to the upstream
+/// `name`, `tools/call` decided first, `tools/list` filtered.
+pub async fn mcp_post(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(e) = principal.require(&[Role::Agent, Role::Operator]) {
+        return e.into_response();
+    }
+    let Some(prefix) = state.mcp().tool_prefix(&name).map(str::to_owned) else {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_mcp_server",
+            format!("no MCP server '{name}' is configured (mcp.servers)"),
+        )
+        .into_response();
+    };
+    let actor = match headers.get(ACTOR_HEADER).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(a)) if !a.is_empty() => Some(a.to_owned()),
+        Some(_) => {
+            return ApiError::bad_request(
+                "invalid_actor",
+                "the Kernels-Actor header is not a name",
+            )
+            .into_response();
+        }
+    };
+    let gate = LocalGate {
+        state: state.clone(),
+        principal,
+    };
+    let session = Arc::new(Session::new(
+        Arc::new(gate),
+        Settings {
+            actor,
+            tool_prefix: prefix,
+            permit_file: None,
+        },
+    ));
+    state.mcp().post(&name, session, &headers, body).await
+}
+
+/// `GET /mcp/{name}` (agent, operator): the upstream's server-to-client stream.
+pub async fn mcp_get(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = principal.require(&[Role::Agent, Role::Operator]) {
+        return e.into_response();
+    }
+    state.mcp().get(&name, &headers).await
+}
+
+/// `DELETE /mcp/{name}` (agent, operator): ends an upstream session.
+pub async fn mcp_delete(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = principal.require(&[Role::Agent, Role::Operator]) {
+        return e.into_response();
+    }
+    state.mcp().delete(&name, &headers).await
 }

@@ -63,6 +63,7 @@ struct AppInner {
     tokens: TokenTable,
     settings: ServiceSettings,
     rotation: Option<Arc<dyn RotationControl>>,
+    mcp: crate::mcp::front::McpFront,
 }
 
 /// Shared state of the handlers: a cheap clone over an `Arc`.
@@ -85,8 +86,28 @@ impl AppState {
                 tokens,
                 settings,
                 rotation,
+                mcp: crate::mcp::front::McpFront::default(),
             }),
         }
+    }
+
+    /// The same state, fronting the MCP servers of `mcp` at `/mcp/{name}`.
+    pub fn with_mcp(self, mcp: crate::mcp::front::McpFront) -> AppState {
+        let inner = &self.inner;
+        AppState {
+            inner: Arc::new(AppInner {
+                ledger: inner.ledger.clone(),
+                tokens: inner.tokens.clone(),
+                settings: inner.settings.clone(),
+                rotation: inner.rotation.clone(),
+                mcp,
+            }),
+        }
+    }
+
+    /// The MCP front.
+    pub fn mcp(&self) -> &crate::mcp::front::McpFront {
+        &self.inner.mcp
     }
 
     /// The ledger.
@@ -150,11 +171,23 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::authenticate,
         ));
+    let mcp = Router::new()
+        .route(
+            "/mcp/{name}",
+            post(agents::mcp_post)
+                .get(agents::mcp_get)
+                .delete(agents::mcp_delete),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ));
     Router::new()
         .route("/health", get(api::health))
         .route("/ready", get(api::ready))
         .route("/metrics", get(api::metrics))
         .nest("/v1", v1)
+        .merge(mcp)
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.settings().max_body_bytes))
@@ -168,12 +201,25 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     let method = req.method().clone();
     // This layer runs before routing, so the route label is the path when
     // it is one of ours (bounded label values), else "other".
+    let path = req.uri().path();
     let route = ROUTES
         .iter()
-        .find(|r| **r == req.uri().path())
-        .map_or("other", |r| r)
+        .find(|r| **r == path)
+        .map_or(
+            if path.starts_with("/mcp/") {
+                "/mcp/{name}"
+            } else {
+                "other"
+            },
+            |r| r,
+        )
         .to_owned();
-    let timeout = state.settings().request_timeout;
+    // An MCP upstream may take long to start answering a tool call.
+    let timeout = if path.starts_with("/mcp/") {
+        state.mcp().timeout
+    } else {
+        state.settings().request_timeout
+    };
     let response = match tokio::time::timeout(timeout, next.run(req)).await {
         Ok(r) => r,
         Err(_) => ApiError::new(

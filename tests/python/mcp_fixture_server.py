@@ -7,6 +7,9 @@ MCP_FIXTURE_LOG, so a test can prove that a denied call never reached it.
     python mcp_fixture_server.py                 # stdio
     python mcp_fixture_server.py --http PORTFILE # Streamable HTTP on 127.0.0.1:0,
                                                  # the URL written to PORTFILE
+
+On HTTP, the headers of every request that reaches it are appended to the
+file named by MCP_FIXTURE_HEADERS (one JSON line each).
 """
 
 import json
@@ -110,7 +113,17 @@ if __name__ == "__main__":
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-        app = mcp.streamable_http_app(host="127.0.0.1")
+        inner = mcp.streamable_http_app(host="127.0.0.1")
+
+        async def app(scope, receive, send):
+            # Logs the headers of every HTTP request that reaches this server.
+            path = os.environ.get("MCP_FIXTURE_HEADERS")
+            if path and scope["type"] == "http":
+                headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+                with open(path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps({"method": scope["method"], "headers": headers}, sort_keys=True) + "\n")
+            await inner(scope, receive, send)
+
         config = uvicorn.Config(app, log_level="warning")
         server = uvicorn.Server(config)
         with open(sys.argv[2] + ".tmp", "w") as f:

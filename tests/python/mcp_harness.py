@@ -196,3 +196,43 @@ def closed_port_url() -> str:
     port = s.getsockname()[1]
     s.close()
     return f"http://127.0.0.1:{port}"
+
+
+class HttpUpstream:
+    """The fixture server on Streamable HTTP (127.0.0.1, a free port)."""
+
+    def __init__(self, tmp: Path, log: Path):
+        tmp.mkdir(parents=True, exist_ok=True)
+        portfile = tmp / "upstream.url"
+        self.headers_log = tmp / "headers.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, FIXTURE, "--http", str(portfile)],
+            env={**os.environ, "MCP_FIXTURE_LOG": str(log), "MCP_FIXTURE_HEADERS": str(self.headers_log)},
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_for(portfile.exists, timeout=30, what="the upstream MCP server to start")
+        self.url = portfile.read_text()
+        # Ready when it answers at all.
+        def answers():
+            try:
+                urllib.request.urlopen(self.url, timeout=2)
+            except urllib.error.HTTPError:
+                return True
+            except OSError:
+                return False
+            return True
+        wait_for(answers, timeout=30, what="the upstream MCP server to answer")
+
+    def requests_seen(self):
+        """Method and headers of every HTTP request the server received."""
+        if not self.headers_log.exists():
+            return []
+        return [json.loads(line) for line in self.headers_log.read_text().splitlines() if line.strip()]
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
