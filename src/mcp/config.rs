@@ -127,6 +127,17 @@ mod tests {
     }
 
     #[test]
+    fn the_example_configuration_loads_with_its_mcp_section() {
+        let raw: crate::config::RawConfig =
+            serde_norway::from_str(include_str!("../../config/kernels.yaml")).unwrap();
+        assert!(raw.mcp.is_some());
+        let config =
+            crate::config::Config::from_raw(raw, &crate::config::Overrides::default(), &|_| None)
+                .unwrap();
+        assert_eq!(config.mcp, McpConfig::default());
+    }
+
+    #[test]
     fn servers_are_read_and_checked() {
         let c = parse("servers:\n  - {name: gh, url: 'http://127.0.0.1:9/mcp', tool_prefix: 'gh.'}\ntimeout: 30s\n").unwrap();
         assert_eq!(c.servers[0].tool_prefix, "gh.");
