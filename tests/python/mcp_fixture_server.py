@@ -111,6 +111,9 @@ if __name__ == "__main__":
         import uvicorn
 
         sock = socket.socket()
+        # Accepted connections inherit it: no Nagle delay between the
+        # response's writes on a kept-alive connection (40 ms otherwise).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
         inner = mcp.streamable_http_app(host="127.0.0.1")
