@@ -5,7 +5,7 @@
 //! * The ledger: `--dir DIR` (e.g. the one `ledger_scale --dir` built; it is
 //!   copied, never changed) or, without it, a fresh one of `--entries`
 //!   entries built through the real submit path.
-//! * The store: the s3s-fs harness of `tests/common/s3.rs`, run in a child
+//! * The store: the s3s-fs harness of `tests/support/s3.rs`, run in a child
 //!   process (this binary with `--child-s3 ROOT`) so that the rotating
 //!   process's memory is its own; the child's peak RSS is reported too.
 //! * Each run (on a fresh copy of the ledger): open the ledger (verification
@@ -45,7 +45,7 @@ const SECRET_KEY: &str = "kernels-bench-secret-key";
 const BUCKET: &str = "archive";
 const PREFIX: &str = "kernels-archive";
 
-/// Child: the s3s-fs server of tests/common/s3.rs over `root`, until stdin closes.
+/// Child: the s3s-fs server of tests/support/s3.rs over `root`, until stdin closes.
 fn child_s3(root: &Path) {
     std::fs::create_dir_all(root.join(BUCKET)).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -9,7 +9,9 @@ KERNELS_TEST_VENV="$(scripts/test-env.sh)"
 export KERNELS_TEST_VENV
 cargo test "$@"
 if compgen -G "tests/python/test_*.py" >/dev/null || [[ -d clients/python/tests ]]; then
-  cargo build --quiet --bin kernels
+  # The binary `cargo test` built (the same features as the Rust tests: a plain
+  # `cargo build` would rebuild dependencies without the dev-dependencies' features).
+  cargo test --no-run --quiet
   KERNELS_BIN="$PWD/target/debug/kernels" "$KERNELS_TEST_VENV/bin/python" -m pytest -q \
     $(compgen -G "tests/python/test_*.py" >/dev/null && echo tests/python) \
     $([[ -d clients/python/tests ]] && echo clients/python/tests)

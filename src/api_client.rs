@@ -79,11 +79,29 @@ impl ApiClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(u16, Value), ApiClientError> {
+        let req = self.http.request(method, format!("{}{path}", self.base));
+        self.send(req, body).await
+    }
+
+    /// Sends `GET base+path?query` and answers the status and the body.
+    pub async fn get_query(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<(u16, Value), ApiClientError> {
+        let req = self.http.get(format!("{}{path}", self.base)).query(query);
+        self.send(req, None).await
+    }
+
+    async fn send(
+        &self,
+        mut req: reqwest::RequestBuilder,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value), ApiClientError> {
         let unreachable = |message: String| ApiClientError::Unreachable {
             base: self.base.clone(),
             message,
         };
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }

@@ -2,7 +2,7 @@
 //!
 //! A bundle is `{"kernel_id", "variant", "exported_at_ms", "root_hash",
 //! "ledger_entries": [entry, …]}`, optionally with `from_seq` and
-//! `anchor_hash` for a range of a longer chain (CONTRACT §2). Bundles can be
+//! `anchor_hash` for a range of a longer chain (docs/api.md, `GET /v1/evidence`). Bundles can be
 //! many gigabytes, so neither direction ever holds the entry list. The reader
 //! fills fixed-size blocks from its input and frames whole entries inside
 //! them (whatever the key order of the bundle), handing out each block with

@@ -1,8 +1,9 @@
 //! Hash-chain verification: recompute every hash, check every link and the root.
 //!
-//! [`ChainVerifier`] is fed entries one at a time (from a streamed bundle, the
-//! store, or an archive) and never stops at the first problem: every bad entry
-//! is reported with its index. Hashing is the expensive part and each entry's
+//! [`ChainVerifier`] is fed entries one at a time (from a streamed bundle or an
+//! archived segment; the stored chain of a data dir is checked from its
+//! stored preimages by `ledger::open::verify_store`) and never stops at the
+//! first problem: every bad entry is reported with its index. Hashing is the expensive part and each entry's
 //! hash depends only on that entry, so callers may compute hashes in parallel
 //! and feed [`ChainVerifier::push_checked`]; the link check itself is cheap and
 //! sequential. Hashes are compared as their 32 bytes ([`ChainHash`]), not as

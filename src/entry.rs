@@ -1,6 +1,7 @@
 //! Ledger entries: the one record type of `kernels`, and how each is hashed.
 //!
-//! Decisions and operational events share this shape (CONTRACT §2). An entry
+//! Decisions and operational events share this shape: the Python library's
+//! entry, extended by an optional payload (see README.md). An entry
 //! has 22 fields; `entry_hash` covers the 19 that are neither `ledger_seq`,
 //! `prev_hash` nor `entry_hash` itself, chained to the previous entry:
 //! `sha256_hex(prev_hash + ":" + canonical(E))`. Operational events carry their

@@ -1,5 +1,10 @@
 //! Exporting evidence from a ledger: bundles of a range, written as they are
 //! read (never held whole), and preserved copies for incidents.
+//!
+//! A preserved copy is named `<ms>-<incident>-<from_seq>-<to_seq>.json`
+//! (both seqs inclusive, as in its record), written, fsynced, made read-only
+//! and renamed into place; with rotation configured the service also uploads
+//! it to the archive (see `RotationControl::upload_preserved`).
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -153,12 +158,20 @@ pub fn preserve(
     let (from, to) = range(ledger, from, to_inclusive)?;
     std::fs::create_dir_all(dir)?;
     let now = SystemClock.now_ms();
-    let name = format!("{now}-{incident}-{from}-{to}.json");
+    // The name carries the same inclusive range as the record.
+    let last = to
+        .checked_sub(1)
+        .map_or_else(|| "none".to_owned(), |t| t.to_string());
+    let name = format!("{now}-{incident}-{from}-{last}.json");
     let tmp: PathBuf = dir.join(format!(".{name}.tmp"));
     let file = File::create(&tmp)?;
     let (summary, writer) = export(ledger, from, to, BufWriter::new(file))?;
     let file = writer.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
+    // Evidence is not edited in place: the copy is read-only.
+    let mut permissions = file.metadata()?.permissions();
+    permissions.set_readonly(true);
+    std::fs::set_permissions(&tmp, permissions)?;
     let path = dir.join(&name);
     std::fs::rename(&tmp, &path)?;
     File::open(dir)?.sync_all()?;

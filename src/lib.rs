@@ -11,21 +11,42 @@
 //! * [`canonical`] — Python-compatible canonical JSON, the basis of every hash
 //! * [`entry`] — the ledger entry and its hash
 //! * [`chain`] — chain verification (every error, with its index)
+//! * [`merkle`] — the RFC 9162 Merkle tree beside the chain: tree heads,
+//!   compact ranges, tiles, inclusion and consistency proofs
+//! * [`note`], [`checkpoint`] — C2SP signed notes and Ed25519 keys, and the
+//!   signed tree heads (checkpoints, witness cosignatures) built on them
+//! * [`proofs`] — inclusion and consistency proof documents, built and checked
 //! * [`bundle`] — streamed evidence bundle reading and writing
+//! * [`verify`] — parallel, streamed verification of bundle files
 //! * [`kernel`] — the pure kernel: requests, policy, variants, permits,
 //!   state machine, decisions, operational events and the folded state
-//! * [`verify`] — parallel, streamed verification of bundle files
+//!
+//! Around it, the shells that do I/O:
+//!
+//! * [`store`] — durable storage: the `LedgerStore` trait, sled, the
+//!   write-ahead log, the data dir and its record layout
+//! * [`ledger`] — the durable kernel: open and verify a data dir, decide under
+//!   one lock, group commit
+//! * [`evidence`] — exports of a ledger and preserved evidence for incidents
+//! * [`rotator`] — archives to S3 and the forensic path back from them
+//! * [`alerts`] — the webhook that hears about halts, failures and updates
+//! * [`service`] — the HTTP API (axum): handlers, auth, errors, connection
+//!   limits, OpenAPI
+//! * [`config`] — the configuration: file, `KERNELS_*` environment, flags
+//! * [`metrics`] — Prometheus metrics
 //! * [`mcp`] — `kernels mcp-proxy` and the MCP front of `kernels serve`:
 //!   the kernel in the path of MCP tool calls
 //! * [`api_client`] — a client for the service's HTTP API (CLI, MCP proxy)
 //! * [`cli`] — the `kernels` command line
 //! * [`allocator`] — allocator tuning for a bounded footprint (the only `unsafe`)
 
+pub mod alerts;
 pub mod allocator;
 pub mod api_client;
 pub mod bundle;
 pub mod canonical;
 pub mod chain;
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod entry;
@@ -33,7 +54,10 @@ pub mod evidence;
 pub mod kernel;
 pub mod ledger;
 pub mod mcp;
+pub mod merkle;
 pub mod metrics;
+pub mod note;
+pub mod proofs;
 pub mod rotator;
 pub mod service;
 pub mod store;

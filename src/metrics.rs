@@ -1,7 +1,7 @@
 //! Prometheus metrics of the service, in one registry.
 //!
-//! The ledger records decisions and commits, the rotator its runs, the HTTP
-//! layer its requests; `GET /metrics` renders them all as Prometheus text.
+//! The ledger records decisions and commits, the rotator its runs, the alert
+//! worker its deliveries, the HTTP layer its requests; `GET /metrics` renders them all as Prometheus text.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -28,10 +28,13 @@ pub struct HttpLabels {
     pub code: String,
 }
 
+/// A function that refreshes derived gauges just before a render.
+type Refresh = Box<dyn Fn(&Metrics) + Send + Sync>;
+
 /// Every metric the service exports.
-#[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    refresh: std::sync::Mutex<Vec<Refresh>>,
     /// Decisions recorded, by decision and status.
     pub decisions: Family<DecisionLabels, Counter>,
     /// Operational events recorded.
@@ -60,6 +63,18 @@ pub struct Metrics {
     pub rotation_pending_entries: Gauge,
     /// Rotator: 1 while the last run failed.
     pub rotation_failing: Gauge,
+    /// Alerts delivered to the webhook.
+    pub alerts_sent: Counter,
+    /// Alerts given up after every delivery attempt failed.
+    pub alerts_failed: Counter,
+    /// Alerts dropped because the alert queue was full.
+    pub alerts_dropped: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
 }
 
 impl Default for Metrics {
@@ -156,8 +171,27 @@ impl Metrics {
             "1 while the rotator's last attempt failed",
             rotation_failing.clone(),
         );
+        let alerts_sent = Counter::default();
+        registry.register(
+            "alerts_sent",
+            "Alerts delivered to the webhook",
+            alerts_sent.clone(),
+        );
+        let alerts_failed = Counter::default();
+        registry.register(
+            "alerts_failed",
+            "Alerts given up after every delivery attempt failed",
+            alerts_failed.clone(),
+        );
+        let alerts_dropped = Counter::default();
+        registry.register(
+            "alerts_dropped",
+            "Alerts dropped because the alert queue was full",
+            alerts_dropped.clone(),
+        );
         Metrics {
             registry,
+            refresh: std::sync::Mutex::new(Vec::new()),
             decisions,
             events,
             commits,
@@ -172,11 +206,32 @@ impl Metrics {
             rotation_last_success,
             rotation_pending_entries,
             rotation_failing,
+            alerts_sent,
+            alerts_failed,
+            alerts_dropped,
         }
+    }
+
+    /// Registers `f` to refresh gauges that are derived from state (e.g. the
+    /// rotator's pending entries) just before every render, so that what is
+    /// rendered agrees with the status.
+    pub fn on_render(&self, f: impl Fn(&Metrics) + Send + Sync + 'static) {
+        self.refresh
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Box::new(f));
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        for f in self
+            .refresh
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            f(self);
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");

@@ -13,8 +13,17 @@
 //! that does not fit it (a null actor, an extra key, a number where a string
 //! belongs) the raw JSON fields, hashed exactly as the Python library would
 //! hash them: the verifier judges the chain, not the style of the entries.
+//!
+//! Asked for it ([`verify_bundle_with_tree`]), the collector also feeds each
+//! recomputed entry hash into a Merkle compact range as it is checked (the
+//! `tree` module), giving the tree head of the bundle's first entries to
+//! compare with a signed checkpoint, in the same pass.
 
 mod raw;
+mod tree;
+
+use tree::TreeBuilder;
+pub use tree::{TreeHead, TreeHeadProblem};
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -40,6 +49,26 @@ pub fn verify_bundle_file(path: &Path) -> Result<VerifyReport, BundleError> {
 /// large blocks); `progress` counts entries as they are verified (for a
 /// progress display on another thread).
 pub fn verify_bundle<R: Read>(input: R, progress: &AtomicU64) -> Result<VerifyReport, BundleError> {
+    verify(input, progress, None).map(|(report, _)| report)
+}
+
+/// Verifies a bundle as [`verify_bundle`] does and, in the same pass, computes
+/// the Merkle tree head of its first `tree_size` entries (to compare with a
+/// signed checkpoint, see [`TreeHead::check`]).
+pub fn verify_bundle_with_tree<R: Read>(
+    input: R,
+    progress: &AtomicU64,
+    tree_size: u64,
+) -> Result<(VerifyReport, TreeHead), BundleError> {
+    let (report, tree) = verify(input, progress, Some(tree_size))?;
+    Ok((report, tree.expect("a tree was asked for")))
+}
+
+fn verify<R: Read>(
+    input: R,
+    progress: &AtomicU64,
+    tree_size: Option<u64>,
+) -> Result<(VerifyReport, Option<TreeHead>), BundleError> {
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 8);
@@ -73,6 +102,9 @@ pub fn verify_bundle<R: Read>(input: R, progress: &AtomicU64) -> Result<VerifyRe
 
         let collector = scope.spawn(move || {
             let mut verifier = ChainVerifier::deferred();
+            // The tree is fed the recomputed hashes in order, as they are
+            // checked: no second pass, O(log n) memory.
+            let mut tree = tree_size.map(TreeBuilder::new);
             let mut pending: BTreeMap<u64, Vec<HashedLink>> = BTreeMap::new();
             let mut next = 0u64;
             for (index, links) in done_rx {
@@ -80,13 +112,16 @@ pub fn verify_bundle<R: Read>(input: R, progress: &AtomicU64) -> Result<VerifyRe
                 while let Some(links) = pending.remove(&next) {
                     let n = links.len() as u64;
                     for link in links {
+                        if let Some(tree) = tree.as_mut() {
+                            tree.push(link.computed_hash.as_ref());
+                        }
                         verifier.push_hashed(link);
                     }
                     progress.fetch_add(n, Ordering::Relaxed);
                     next += 1;
                 }
             }
-            verifier
+            (verifier, tree)
         });
 
         let mut block_index = 0u64;
@@ -98,13 +133,14 @@ pub fn verify_bundle<R: Read>(input: R, progress: &AtomicU64) -> Result<VerifyRe
                 free_rx.try_recv().unwrap_or_default()
             });
         drop(block_tx);
-        let verifier = collector.join().expect("the collector does not panic");
+        let (verifier, tree) = collector.join().expect("the collector does not panic");
         let header = header?;
-        Ok(verifier.finish_bundle(
+        let report = verifier.finish_bundle(
             header.root_hash.as_deref(),
             header.anchor_hash.as_deref(),
             header.from_seq,
-        ))
+        );
+        Ok((report, tree.map(|t| t.finish(header.from_seq))))
     })
 }
 

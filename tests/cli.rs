@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use support::datadir::flip_stored_byte;
 use support::http;
 use support::process::{AGENT, AUDITOR, OPERATOR, ServeConfig, Server, run};
 
@@ -845,6 +846,8 @@ fn simulate_python_scenario(tmp: &Path, name: &str) -> (usize, bool) {
     let start_s = start.to_string();
     let mut args = vec![
         "simulate",
+        "--compat",
+        "python",
         "--variant",
         variant,
         "--kernel-id",
@@ -973,15 +976,27 @@ fn bundle_entries(text: &str) -> (Value, Vec<Value>) {
     (bundle, entries)
 }
 
-#[test]
-fn data_dir_commands_on_a_served_ledger_and_a_restart_keeps_the_halt() {
-    let tmp = tempdir();
-    let cfg = serve_config(tmp.path());
-    let data = path_str(&cfg.data_dir).to_owned();
-    let rt = runtime();
-    let client = http::client();
+/// A ledger written by a real `kernels serve` (policy `SERVE_POLICY`):
+/// eight requests, an operator's policy update and a halt, then a clean
+/// stop with SIGTERM. Every scenario below starts from its own copy.
+struct Served {
+    tmp: tempfile::TempDir,
+    cfg: ServeConfig,
+    data: String,
+    receipts: BTreeMap<String, Value>,
+    policy_seq: u64,
+    halt_seq: u64,
+    length: u64,
+    root: String,
+}
 
-    let server = Server::start(&cfg);
+/// Starts `kernels serve` on a fresh data dir and submits five requests.
+fn serve_and_decide(
+    cfg: &ServeConfig,
+    rt: &tokio::runtime::Runtime,
+    client: &reqwest::Client,
+) -> (Server, BTreeMap<String, Value>) {
+    let server = Server::start(cfg);
     let mut receipts: BTreeMap<String, Value> = BTreeMap::new();
     rt.block_on(async {
         for (id, actor, tool, params, decision) in [
@@ -992,7 +1007,7 @@ fn data_dir_commands_on_a_served_ledger_and_a_restart_keeps_the_halt() {
             ("r5", "agent-001", "rm", json!({"path": "/"}), "DENY"),
         ] {
             let (code, r) = http::post(
-                &client,
+                client,
                 &server.url("/v1/requests"),
                 AGENT,
                 &request(id, actor, tool, params),
@@ -1005,35 +1020,20 @@ fn data_dir_commands_on_a_served_ledger_and_a_restart_keeps_the_halt() {
     });
     assert_eq!(receipts["r1"]["tool_result"], "one");
     assert_eq!(receipts["r3"]["tool_result"], 5);
+
+    (server, receipts)
+}
+
+/// [`serve_and_decide`], then a policy update, three more requests and a
+/// halt; then SIGTERM.
+fn served_ledger() -> Served {
+    let tmp = tempdir();
+    let cfg = serve_config(tmp.path());
+    let data = path_str(&cfg.data_dir).to_owned();
+    let rt = runtime();
+    let client = http::client();
+    let (server, mut receipts) = serve_and_decide(&cfg, &rt, &client);
     let receipts_before_policy = receipts.len();
-
-    // While the service holds the data dir, offline commands refuse at once.
-    for args in [
-        vec!["export", "--data-dir", &data],
-        vec!["verify", "--data-dir", &data],
-        vec!["replay", "--data-dir", &data],
-        vec!["info", "--data-dir", &data],
-        vec![
-            "investigate",
-            "--data-dir",
-            &data,
-            "--from-ms",
-            "0",
-            "--to-ms",
-            "1",
-        ],
-    ] {
-        let out = run(tmp.path(), &args, None);
-        out.expect_unusable(&format!("{args:?} while serving"));
-        assert!(out.stderr.contains("in use"), "{args:?}: {}", out.stderr);
-        assert!(
-            out.elapsed < std::time::Duration::from_secs(5),
-            "{args:?} took {:?}: it must fail fast, not wait",
-            out.elapsed
-        );
-        assert!(out.stdout.is_empty(), "{args:?}: {}", out.stdout);
-    }
-
     let (policy_seq, halt_seq, status_before_stop) = rt.block_on(async {
         let (code, policy) = http::get(&client, &server.url("/v1/policy"), AUDITOR).await;
         assert_eq!(code, 200, "{policy}");
@@ -1099,9 +1099,101 @@ fn data_dir_commands_on_a_served_ledger_and_a_restart_keeps_the_halt() {
     let (code, stderr) = server.terminate();
     assert_eq!(code, Some(0), "a SIGTERM is a clean stop: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
-    let length = halt_seq + 1;
-    let root = status_before_stop["root_hash"].as_str().unwrap().to_owned();
+    // The clean stop recorded `kernel.stop` after the halt: the head.
+    let length = halt_seq + 2;
+    let out = run(
+        tmp.path(),
+        &[
+            "export",
+            "--data-dir",
+            &data,
+            "--from-seq",
+            &(halt_seq + 1).to_string(),
+        ],
+        None,
+    );
+    out.expect_code(0, "export the stop");
+    let (_, stop) = bundle_entries(&out.stdout);
+    assert_eq!(stop.len(), 1);
+    assert_eq!(stop[0]["tool_name"], "kernel.stop");
+    assert_eq!(
+        stop[0]["state_to"], "HALTED",
+        "a halted kernel records its stop"
+    );
+    assert_eq!(stop[0]["prev_hash"], status_before_stop["root_hash"]);
+    let root = stop[0]["entry_hash"].as_str().unwrap().to_owned();
 
+    Served {
+        tmp,
+        cfg,
+        data,
+        receipts,
+        policy_seq,
+        halt_seq,
+        length,
+        root,
+    }
+}
+
+/// Every entry of a served ledger, as `kernels export` writes them.
+fn exported_entries(served: &Served) -> Vec<Value> {
+    let out = run(
+        served.tmp.path(),
+        &["export", "--data-dir", &served.data],
+        None,
+    );
+    out.expect_code(0, "export to stdout");
+    bundle_entries(&out.stdout).1
+}
+
+#[test]
+fn offline_commands_refuse_a_data_dir_held_by_serve() {
+    let tmp = tempdir();
+    let cfg = serve_config(tmp.path());
+    let data = path_str(&cfg.data_dir).to_owned();
+    let rt = runtime();
+    let client = http::client();
+    let (server, _) = serve_and_decide(&cfg, &rt, &client);
+    // While the service holds the data dir, offline commands refuse at once.
+    for args in [
+        vec!["export", "--data-dir", &data],
+        vec!["verify", "--data-dir", &data],
+        vec!["replay", "--data-dir", &data],
+        vec!["info", "--data-dir", &data],
+        vec![
+            "investigate",
+            "--data-dir",
+            &data,
+            "--from-ms",
+            "0",
+            "--to-ms",
+            "1",
+        ],
+    ] {
+        let out = run(tmp.path(), &args, None);
+        out.expect_unusable(&format!("{args:?} while serving"));
+        assert!(out.stderr.contains("in use"), "{args:?}: {}", out.stderr);
+        assert!(
+            out.elapsed < std::time::Duration::from_secs(5),
+            "{args:?} took {:?}: it must fail fast, not wait",
+            out.elapsed
+        );
+        assert!(out.stdout.is_empty(), "{args:?}: {}", out.stdout);
+    }
+
+    let (code, stderr) = server.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
+fn verify_data_dir_checks_a_served_ledger() {
+    let Served {
+        tmp,
+        data,
+        length,
+        root,
+        ..
+    } = served_ledger();
     // verify --data-dir
     let out = run(tmp.path(), &["verify", "--data-dir", &data], None);
     out.expect_code(0, "verify --data-dir");
@@ -1118,7 +1210,20 @@ fn data_dir_commands_on_a_served_ledger_and_a_restart_keeps_the_halt() {
         None,
     );
     out.expect_unusable("verify with both a bundle and --data-dir");
+}
 
+#[test]
+fn export_writes_the_served_ledger_and_ranges_that_verify_alone() {
+    let Served {
+        tmp,
+        data,
+        receipts,
+        policy_seq,
+        halt_seq,
+        length,
+        root,
+        ..
+    } = served_ledger();
     // export --out, then verify the file.
     let export_file = tmp.path().join("export.json");
     let out = run(
@@ -1273,7 +1378,17 @@ fn data_dir_commands_on_a_served_ledger_and_a_restart_keeps_the_halt() {
         None,
     );
     out.expect_unusable("export past the head");
+}
 
+#[test]
+fn info_data_dir_describes_the_served_ledger() {
+    let Served {
+        tmp,
+        data,
+        length,
+        root,
+        ..
+    } = served_ledger();
     // info --data-dir
     let out = run(tmp.path(), &["info", "--data-dir", &data, "--json"], None);
     out.expect_code(0, "info --data-dir --json");
@@ -1298,7 +1413,22 @@ fn data_dir_commands_on_a_served_ledger_and_a_restart_keeps_the_halt() {
     ] {
         assert!(out.stdout.contains(&want), "{want}: {}", out.stdout);
     }
+}
 
+#[test]
+fn replay_rebuilds_the_state_at_a_seq_or_a_time() {
+    let served = served_ledger();
+    let entries = exported_entries(&served);
+    let Served {
+        tmp,
+        data,
+        receipts,
+        policy_seq,
+        halt_seq,
+        length,
+        root,
+        ..
+    } = served;
     // replay: after the policy update, before the halt; before the update; the head.
     let before_halt = receipts["r7"]["ledger_seq"].as_u64().unwrap();
     assert!(policy_seq < before_halt && before_halt < halt_seq);
@@ -1330,6 +1460,8 @@ fn data_dir_commands_on_a_served_ledger_and_a_restart_keeps_the_halt() {
     assert_eq!(s["state"], "HALTED", "{s}");
     assert_eq!(s["ledger_length"], length);
     assert_eq!(s["head_hash"], root);
+    // Named as GET /v1/status names the head (root_hash, ledger_length).
+    assert_eq!(s["root_hash"], root);
     assert_eq!(s["last_halt"]["reason"], "incident 42");
     let out = run(tmp.path(), &["replay", "--data-dir", &data], None);
     out.expect_code(0, "replay (text)");
@@ -1379,7 +1511,22 @@ fn data_dir_commands_on_a_served_ledger_and_a_restart_keeps_the_halt() {
         None,
     );
     assert_eq!(out.code, Some(2), "--until-seq with --at-ms: {out:?}");
+}
 
+#[test]
+fn investigate_lists_a_time_range_with_the_state_before_it() {
+    let served = served_ledger();
+    let entries = exported_entries(&served);
+    let Served {
+        tmp,
+        data,
+        receipts,
+        halt_seq,
+        ..
+    } = served;
+    let ts = |seq: u64| entries[seq as usize]["ts_ms"].as_u64().unwrap();
+    let before_halt = receipts["r7"]["ledger_seq"].as_u64().unwrap();
+    assert!(before_halt < halt_seq);
     // investigate: the entries of a time range.
     let (from, to) = (
         ts(receipts["r2"]["ledger_seq"].as_u64().unwrap()),
@@ -1483,7 +1630,21 @@ fn data_dir_commands_on_a_served_ledger_and_a_restart_keeps_the_halt() {
         None,
     )
     .expect_unusable("investigate an inverted range");
+}
 
+#[test]
+fn a_restart_keeps_the_halt_and_rewrites_nothing() {
+    let served = served_ledger();
+    let entries = exported_entries(&served);
+    let Served {
+        tmp,
+        cfg,
+        data,
+        length,
+        ..
+    } = served;
+    let rt = runtime();
+    let client = http::client();
     // The restart keeps the halt.
     let server = Server::start(&cfg);
     rt.block_on(async {
@@ -1525,7 +1686,7 @@ fn data_dir_commands_on_a_served_ledger_and_a_restart_keeps_the_halt() {
     assert_eq!(start["state_to"], "HALTED");
 }
 
-/// CONTRACT §3/§4: a restart records a policy update only when the policy
+/// README.md ("Configuration"): a restart records a policy update only when the policy
 /// *file* changed. An operator's audited `PUT /v1/policy` must survive a
 /// restart with the same, unchanged file.
 #[test]
@@ -1670,35 +1831,6 @@ fn data_dir_commands_refuse_what_is_not_a_data_dir() {
     );
 }
 
-/// Flips one byte of entry `seq`'s stored record, inside the hashed JSON
-/// (`offset` bytes into it), directly in sled. Layout: see
-/// src/store/sled_store.rs and src/store/record.rs.
-fn flip_stored_byte(data_dir: &Path, seq: u64, offset: usize) {
-    let db = sled::open(data_dir.join("ledger")).unwrap();
-    let tree = db.open_tree("ledger").unwrap();
-    let mut from = vec![b'c'];
-    from.extend_from_slice(&0u64.to_be_bytes());
-    let mut to = vec![b'c'];
-    to.extend_from_slice(&seq.to_be_bytes());
-    let (key, value) = tree.range(from..=to).next_back().unwrap().unwrap();
-    let first = u64::from_be_bytes(key[1..9].try_into().unwrap());
-    let mut value = value.to_vec();
-    let mut at = 5; // chunk header: version, count
-    for _ in first..seq {
-        let len = u32::from_be_bytes(value[at..at + 4].try_into().unwrap()) as usize;
-        at += 4 + len;
-    }
-    let len = u32::from_be_bytes(value[at..at + 4].try_into().unwrap()) as usize;
-    const RECORD_HEADER: usize = 77; // version, seq, prev_hash, entry_hash, preimage length
-    assert!(
-        RECORD_HEADER + offset < len,
-        "the offset is inside the record"
-    );
-    value[at + 4 + RECORD_HEADER + offset] ^= 0x01;
-    tree.insert(key, value).unwrap();
-    db.flush().unwrap();
-}
-
 #[test]
 fn a_flipped_byte_stops_the_service_and_names_the_entry() {
     let tmp = tempdir();
@@ -1767,4 +1899,351 @@ fn a_flipped_byte_stops_the_service_and_names_the_entry() {
         "{}",
         out.stderr
     );
+}
+
+// ---------------------------------------------------------------- service commands
+
+/// `kernels ARGS --server URL` with `token` in KERNELS_TOKEN.
+fn against(
+    server: &Server,
+    cwd: &Path,
+    token: Option<&str>,
+    args: &[&str],
+) -> support::process::Output {
+    let mut cmd = support::process::command(cwd);
+    if let Some(token) = token {
+        cmd.env("KERNELS_TOKEN", token);
+    }
+    let url = server.url("");
+    let mut all = args.to_vec();
+    all.extend(["--server", url.as_str()]);
+    support::process::run_with(cmd, &all, None)
+}
+
+#[test]
+fn policy_check_and_update_show_what_a_policy_changes() {
+    let tmp = tempdir();
+    let dir = tmp.path();
+    std::fs::write(
+        dir.join("bad.yaml"),
+        "allowed_actors: [a]\nallowed_tool: [x]\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("nobody.yaml"), "allowed_tools: [echo]\n").unwrap();
+    std::fs::write(dir.join("partial.yaml"), "allowed_actors: [agent-001]\n").unwrap();
+    // check: 0 valid (with warnings), 1 invalid, 2 unreadable.
+    let out = run(dir, &["policy", "check", "bad.yaml"], None);
+    out.expect_code(1, "policy check of an invalid policy");
+    assert!(out.stderr.contains("allowed_tool"), "{}", out.stderr);
+    run(dir, &["policy", "check", "missing.yaml"], None).expect_unusable("policy check of no file");
+    let out = run(dir, &["policy", "check", "nobody.yaml"], None);
+    out.expect_code(0, "policy check of a policy that allows nobody");
+    assert!(
+        out.stdout.contains("warning: this policy allows no actor"),
+        "{}",
+        out.stdout
+    );
+    let out = run(dir, &["policy", "check", "partial.yaml"], None);
+    out.expect_code(0, "policy check of a partial policy");
+    assert!(!out.stdout.contains("warning"), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("not in the file (defaults apply): allowed_tools, require_tool_call"),
+        "{}",
+        out.stdout
+    );
+
+    let cfg = serve_config(dir);
+    let server = Server::start(&cfg);
+    let show = |what: &str| -> Value {
+        let out = against(&server, dir, Some(OPERATOR), &["policy", "show", "--json"]);
+        out.expect_code(0, what);
+        out.json()
+    };
+    let before = show("policy show");
+    let out = against(
+        &server,
+        dir,
+        Some(OPERATOR),
+        &["policy", "update", "partial.yaml", "--dry-run"],
+    );
+    out.expect_code(0, "policy update --dry-run");
+    assert!(
+        out.stdout.starts_with("dry run: nothing applied"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("  allowed_actors: removes agent-002\n"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("  allowed_tools: removes add, echo (not in the file: the default)\n"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        show("policy show after a dry run"),
+        before,
+        "a dry run applies nothing"
+    );
+    let out = against(
+        &server,
+        dir,
+        Some(OPERATOR),
+        &["policy", "update", "partial.yaml"],
+    );
+    out.expect_code(2, "policy update without a reason");
+    assert!(out.stderr.contains("--reason"), "{}", out.stderr);
+    let out = against(
+        &server,
+        dir,
+        Some(OPERATOR),
+        &["policy", "update", "bad.yaml", "--reason", "x"],
+    );
+    out.expect_code(1, "policy update with an invalid policy");
+    let out = against(
+        &server,
+        dir,
+        Some(OPERATOR),
+        &[
+            "policy",
+            "update",
+            "partial.yaml",
+            "--reason",
+            "only agent-001",
+        ],
+    );
+    out.expect_code(0, "policy update");
+    assert!(
+        out.stdout.starts_with("policy version 2 active"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("  allowed_actors: removes agent-002\n"),
+        "{}",
+        out.stdout
+    );
+    let out = against(
+        &server,
+        dir,
+        Some(OPERATOR),
+        &["policy", "update", "partial.yaml", "--reason", "again"],
+    );
+    out.expect_code(0, "the same update again");
+    assert!(out.stdout.contains("no change"), "{}", out.stdout);
+    assert_eq!(show("policy show after updates")["version"], 3);
+    server.terminate();
+}
+
+#[test]
+fn investigate_analyses_a_range_of_a_service_as_of_its_data_dir() {
+    let tmp = tempdir();
+    let cfg = serve_config(tmp.path());
+    let data = path_str(&cfg.data_dir).to_owned();
+    let rt = runtime();
+    let client = http::client();
+    let (server, receipts) = serve_and_decide(&cfg, &rt, &client);
+    let until = receipts["r5"]["ts_ms"].as_u64().unwrap().to_string();
+    let range = ["investigate", "--from-ms", "0", "--to-ms", until.as_str()];
+    let with = |extra: &[&'static str]| -> Vec<&str> {
+        let mut args = range.to_vec();
+        args.extend_from_slice(extra);
+        args
+    };
+    let out = against(&server, tmp.path(), Some(AUDITOR), &with(&["--analysis"]));
+    out.expect_code(0, "investigate --server --analysis");
+    let analysis = out.json();
+    assert_eq!(analysis["entry_count"], 6, "{analysis}");
+    assert_eq!(
+        analysis["by_tool"],
+        json!({"kernel.create": 1, "echo": 3, "add": 1, "rm": 1}),
+        "denied requests count under the tool they asked for"
+    );
+    assert_eq!(analysis["by_decision"], json!({"ALLOW": 3, "DENY": 3}));
+    assert_eq!(
+        analysis["by_actor"],
+        json!({"SYSTEM": 1, "agent-001": 2, "agent-002": 1, "agent-003": 1, "agent-009": 1})
+    );
+    let errors: Vec<&Value> = analysis["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["request_id"])
+        .collect();
+    assert_eq!(errors, [&json!("r2"), &json!("r4"), &json!("r5")]);
+    assert_eq!(
+        analysis["time_range"],
+        json!({"start": 0, "end": receipts["r5"]["ts_ms"]})
+    );
+
+    let out = against(
+        &server,
+        tmp.path(),
+        Some(AUDITOR),
+        &with(&["--actor", "agent-001", "--decision", "DENY"]),
+    );
+    out.expect_code(0, "investigate --server (text, filtered)");
+    assert!(
+        out.stdout.contains("1 entries in range: 0 ALLOW, 1 DENY"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("by tool: rm 1\n"), "{}", out.stdout);
+    assert!(out.stdout.contains("errors: 1\n"), "{}", out.stdout);
+    let out = against(
+        &server,
+        tmp.path(),
+        Some(AUDITOR),
+        &with(&["--tool", "echo", "--json"]),
+    );
+    out.expect_code(0, "investigate --server --tool --json");
+    let ids: Vec<String> = out
+        .stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["request_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(ids, ["r1", "r2", "r4"]);
+    let out = against(&server, tmp.path(), None, &with(&["--analysis"]));
+    out.expect_unusable("investigate --server without a token");
+    assert!(out.stderr.contains("KERNELS_TOKEN"), "{}", out.stderr);
+    let online = against(
+        &server,
+        tmp.path(),
+        Some(AUDITOR),
+        &with(&["--decision", "DENY", "--analysis"]),
+    )
+    .json();
+    server.terminate();
+
+    // The same analysis from the data dir.
+    let mut args = with(&["--decision", "DENY", "--analysis"]);
+    args.extend(["--data-dir", data.as_str()]);
+    let out = run(tmp.path(), &args, None);
+    out.expect_code(0, "investigate --data-dir --analysis");
+    assert_eq!(out.json(), online);
+    assert_eq!(online["entry_count"], 3);
+}
+
+#[test]
+fn a_tamper_report_lists_the_first_twenty_problems_and_counts_the_rest() {
+    let tmp = tempdir();
+    let mut doc = read_json(&fixtures().join("strict/bundle.ledger_entries.json"));
+    for i in 0..30 {
+        entries_of(&mut doc)[i]["actor"] = json!(format!("tampered-{i}"));
+    }
+    let path = tmp.path().join("many.json");
+    write_json(&path, &doc);
+    let out = run(tmp.path(), &["verify", path_str(&path)], None);
+    out.expect_code(1, "verify a bundle with 30 changed entries");
+    assert!(out.stdout.contains("errors (30):\n"), "{}", out.stdout);
+    let listed = out
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("  entry "))
+        .count();
+    assert_eq!(listed, 20, "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("  … and 10 more (30 in all; --json lists every one)"),
+        "{}",
+        out.stdout
+    );
+    let out = run(tmp.path(), &["verify", "--json", path_str(&path)], None);
+    assert_eq!(out.json()["errors"].as_array().unwrap().len(), 30);
+}
+
+#[test]
+fn health_follows_the_daily_check_and_says_when_it_cannot_check() {
+    let tmp = tempdir();
+    let cfg = serve_config(tmp.path());
+    let server = Server::start(&cfg);
+    let dir = tmp.path();
+    // Without a token the state cannot be checked: never HEALTHY.
+    let out = against(&server, dir, None, &["health"]);
+    out.expect_unusable("health without a token");
+    assert!(
+        out.stderr.contains("cannot check the kernel's state"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("KERNELS_TOKEN"), "{}", out.stderr);
+    assert!(!out.stdout.contains("HEALTHY"), "{}", out.stdout);
+    let out = against(&server, dir, Some("not-a-token-123"), &["health", "--json"]);
+    out.expect_code(2, "health with a refused token");
+    assert_eq!(out.json()["health"], "UNKNOWN");
+
+    let out = against(&server, dir, Some(AUDITOR), &["health"]);
+    out.expect_code(0, "health");
+    assert!(
+        out.stdout.trim_end().ends_with("\nHEALTHY"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("audit_integrity"), "{}", out.stdout);
+    let out = against(&server, dir, Some(AUDITOR), &["health", "--json"]);
+    out.expect_code(0, "health --json");
+    let report = out.json();
+    assert_eq!(
+        (&report["health"], &report["healthy"]),
+        (&json!("HEALTHY"), &json!(true))
+    );
+    let names: Vec<&str> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "service",
+            "kernel_state",
+            "audit_integrity",
+            "rotation",
+            "decision_distribution",
+            "recent_activity"
+        ]
+    );
+
+    // A halted kernel passes (the play's IDLE or HALTED), said first.
+    let out = against(
+        &server,
+        dir,
+        Some(OPERATOR),
+        &["halt", "--reason", "incident 7"],
+    );
+    out.expect_code(0, "halt");
+    let out = against(&server, dir, Some(AUDITOR), &["health"]);
+    out.expect_code(0, "health of a halted kernel");
+    assert!(
+        out.stdout.starts_with("HALTED since entry "),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("incident 7"), "{}", out.stdout);
+
+    // Rotation is off: a manual rotation is refused, with the service's reason.
+    let out = against(&server, dir, Some(OPERATOR), &["rotate"]);
+    out.expect_unusable("rotate without a bucket");
+    assert!(
+        out.stderr.contains("409") && out.stderr.contains("no bucket"),
+        "{}",
+        out.stderr
+    );
+    let url = server.url("");
+    server.terminate();
+    // Nothing answers: the check cannot be made.
+    let mut cmd = support::process::command(dir);
+    cmd.env("KERNELS_TOKEN", AUDITOR);
+    let out = support::process::run_with(cmd, &["health", "--server", &url], None);
+    out.expect_unusable("health of a stopped service");
 }

@@ -17,7 +17,7 @@ use futures::StreamExt;
 use rand::Rng;
 use serde_json::{Value, json};
 use support::http;
-use support::process::{AGENT, AUDITOR, ServeConfig, Server, command, run, run_with};
+use support::process::{AGENT, AUDITOR, OPERATOR, ServeConfig, Server, command, run, run_with};
 
 /// Kill-and-restart cycles.
 const CYCLES: usize = 20;
@@ -277,12 +277,13 @@ fn acknowledged_receipts_survive_sigkill_at_random_moments() {
     let (code, stderr) = server.terminate();
     assert_eq!(code, Some(0), "{stderr}");
 
-    assert_eq!(verify_data_dir(tmp.path(), &data), length);
+    // The clean stop added its `kernel.stop` entry.
+    assert_eq!(verify_data_dir(tmp.path(), &data), length + 1);
     let out = run(tmp.path(), &["export", "--data-dir", &data], None);
     out.expect_code(0, "export");
     let bundle = out.json();
     let entries = bundle["ledger_entries"].as_array().unwrap();
-    assert_eq!(entries.len() as u64, length);
+    assert_eq!(entries.len() as u64, length + 1);
 
     // Every acknowledged receipt, from every cycle, is in the final export.
     let acked: Vec<&Sent> = all.iter().filter(|s| s.receipt.is_some()).collect();
@@ -317,11 +318,21 @@ fn acknowledged_receipts_survive_sigkill_at_random_moments() {
             }
         }
     }
+    // The clean stop at the end is the only `kernel.stop`: the 20 kills left none.
     assert_eq!(
         events,
-        BTreeMap::from([("kernel.create", 1), ("kernel.start", CYCLES)])
+        BTreeMap::from([
+            ("kernel.create", 1),
+            ("kernel.start", CYCLES),
+            ("kernel.stop", 1)
+        ])
     );
-    assert_eq!(entries.len(), 1 + CYCLES + decided.len());
+    assert_eq!(
+        entries.last().unwrap()["tool_name"],
+        "kernel.stop",
+        "the stop is the last entry"
+    );
+    assert_eq!(entries.len(), 1 + CYCLES + 1 + decided.len());
     let acked_ids: BTreeSet<&str> = acked.iter().map(|s| s.id.as_str()).collect();
     assert!(acked_ids.is_subset(&decided));
 
@@ -380,4 +391,306 @@ fn entries_replayed_on_open_survive_a_crash_right_after_it() {
     assert_ne!(out.code, Some(0), "the fault hook must abort the open");
 
     assert_eq!(verify_data_dir(tmp.path(), &data), length);
+}
+
+/// Submits `n` requests one after the other (each acknowledged) and
+/// answers the ledger length after them.
+fn submit_acknowledged(
+    rt: &tokio::runtime::Runtime,
+    server: &Server,
+    prefix: &str,
+    n: usize,
+) -> u64 {
+    let client = http::client();
+    rt.block_on(async {
+        for i in 0..n {
+            let (code, receipt) = http::post(
+                &client,
+                &server.url("/v1/requests"),
+                AGENT,
+                &json!({"request_id": format!("{prefix}-{i}"), "actor": "agent-001",
+                        "intent": "echo", "tool_call": {"name": "echo", "params": {"text": "x"}}}),
+            )
+            .await;
+            assert_eq!(code, 200, "{receipt}");
+        }
+        let (_, status) = http::get(&client, &server.url("/v1/status"), AUDITOR).await;
+        status["ledger_length"].as_u64().expect("ledger_length")
+    })
+}
+
+/// Where each whole frame of a write-ahead-log file starts
+/// (`[len u32 BE][crc32 u32 BE][payload]`, see `src/store/wal.rs`).
+fn frame_starts(bytes: &[u8]) -> Vec<usize> {
+    let mut starts = Vec::new();
+    let mut at = 0;
+    while at + 8 <= bytes.len() {
+        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        if at + 8 + len > bytes.len() {
+            break;
+        }
+        starts.push(at);
+        at += 8 + len;
+    }
+    starts
+}
+
+/// The newest write-ahead-log generation that holds data.
+fn newest_generation(data: &Path) -> std::path::PathBuf {
+    let mut files: Vec<_> = std::fs::read_dir(data.join("ledger.wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| std::fs::metadata(p).unwrap().len() > 0)
+        .collect();
+    files.sort();
+    files.pop().expect("a generation holding data")
+}
+
+/// A data dir whose service was SIGKILLed right after acknowledging a run
+/// of commits that are still in the newest write-ahead-log generation
+/// (at least three frames of it), and how many entries were acknowledged.
+fn killed_with_commits_in_the_log(tmp: &Path) -> (ServeConfig, u64) {
+    let cfg = serve_config(
+        tmp,
+        "damage-kernel",
+        "allowed_actors: [agent-001]\nallowed_tools: [echo]\n",
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for attempt in 0..10 {
+        let server = Server::start(&cfg);
+        let length = submit_acknowledged(&rt, &server, &format!("a{attempt}"), 30);
+        server.kill();
+        // sled is synced (and the log trimmed) about once a second: a kill
+        // right after such a rotation may leave too few frames; try again.
+        let newest = std::fs::read(newest_generation(&cfg.data_dir)).unwrap();
+        if frame_starts(&newest).len() >= 3 {
+            return (cfg, length);
+        }
+    }
+    panic!("no kill left three frames in the newest log generation");
+}
+
+/// What `verify --data-dir` and `serve` say of a damaged data dir: both
+/// refuse, and the service does not start.
+fn both_refuse(cfg: &ServeConfig) -> (support::process::Output, String) {
+    let data = cfg.data_dir.to_str().unwrap();
+    let verify = run(&cfg.cwd, &["verify", "--data-dir", data, "--json"], None);
+    assert_ne!(
+        verify.code,
+        Some(0),
+        "verify must not say valid: {}",
+        verify.stdout
+    );
+    assert!(!verify.stderr.contains("panicked"), "{}", verify.stderr);
+    let failure = match Server::try_start(cfg) {
+        Ok(_) => panic!("kernels serve must refuse a damaged data dir"),
+        Err(f) => f,
+    };
+    assert_eq!(failure.code, Some(2), "{}", failure.stderr);
+    assert!(!failure.stderr.contains("panicked"), "{}", failure.stderr);
+    (verify, failure.stderr)
+}
+
+/// The adversarial run's case: after a SIGKILL, the high byte of the
+/// length of the second frame of the newest log generation is flipped. The
+/// frame now claims to run past the end of the file, but intact frames
+/// follow it: damage, not a torn tail. Refused, naming the file and offset.
+#[test]
+fn a_flipped_length_in_the_newest_log_generation_is_refused_not_taken_for_a_torn_tail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cfg, _) = killed_with_commits_in_the_log(tmp.path());
+    let newest = newest_generation(&cfg.data_dir);
+    let mut bytes = std::fs::read(&newest).unwrap();
+    let second = frame_starts(&bytes)[1];
+    bytes[second] ^= 0x80;
+    std::fs::write(&newest, &bytes).unwrap();
+    let (verify, serve) = both_refuse(&cfg);
+    let name = newest.file_name().unwrap().to_str().unwrap();
+    for said in [&verify.stderr, &serve] {
+        assert!(
+            said.contains(name) && said.contains(&format!("byte {second}")),
+            "the refusal names the file and the offset: {said}"
+        );
+    }
+}
+
+/// After a SIGKILL the newest log generation is deleted, or cut in half:
+/// the acknowledged entries it held are gone, and the last commit noted
+/// beside the store shows it. Refused, with how many entries are missing.
+#[test]
+fn a_deleted_or_truncated_newest_log_generation_is_refused_with_the_count() {
+    for cut in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (cfg, length) = killed_with_commits_in_the_log(tmp.path());
+        let newest = newest_generation(&cfg.data_dir);
+        if cut {
+            let bytes = std::fs::read(&newest).unwrap();
+            std::fs::write(&newest, &bytes[..bytes.len() / 2]).unwrap();
+        } else {
+            std::fs::remove_file(&newest).unwrap();
+        }
+        let (verify, serve) = both_refuse(&cfg);
+        verify.expect_code(1, "verify --data-dir finds entries missing");
+        let report = verify.json();
+        let first = report["errors"][0]["message"].as_str().unwrap().to_owned();
+        assert!(
+            first.contains("entries are missing") && first.contains(&format!("shows {length}")),
+            "{report}"
+        );
+        assert!(serve.contains("entries are missing"), "{serve}");
+    }
+}
+
+/// SIGTERM records `kernel.stop` (after the last answer, before the ledger
+/// closes), halted or not; a restart after it is a normal start.
+#[test]
+fn a_clean_stop_is_recorded_and_a_restart_after_it_is_correct() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = serve_config(
+        tmp.path(),
+        "stop-kernel",
+        "allowed_actors: [agent-001]\nallowed_tools: [echo]\n",
+    );
+    let data = cfg.data_dir.to_str().unwrap().to_owned();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = http::client();
+    let mut lengths = Vec::new();
+    for halted in [false, true] {
+        let server = Server::start(&cfg);
+        let length = submit_acknowledged(&rt, &server, &format!("s{halted}"), 5);
+        let length = if halted {
+            rt.block_on(async {
+                let (code, out) = http::post(
+                    &client,
+                    &server.url("/v1/halt"),
+                    OPERATOR,
+                    &json!({"reason": "incident"}),
+                )
+                .await;
+                assert_eq!(code, 200, "{out}");
+            });
+            length + 1
+        } else {
+            length
+        };
+        let (code, stderr) = server.terminate();
+        assert_eq!(code, Some(0), "{stderr}");
+        lengths.push(length);
+        // The stop is the last entry, and verify agrees with the length.
+        assert_eq!(verify_data_dir(tmp.path(), &data), length + 1);
+        let out = run(tmp.path(), &["export", "--data-dir", &data], None);
+        out.expect_code(0, "export");
+        let bundle = out.json();
+        let last = bundle["ledger_entries"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .clone();
+        assert_eq!(last["tool_name"], "kernel.stop", "{last}");
+        assert_eq!(last["actor"], "SYSTEM");
+        assert_eq!(last["ledger_seq"], length);
+        let state = if halted { "HALTED" } else { "IDLE" };
+        assert_eq!(
+            (&last["state_from"], &last["state_to"]),
+            (&json!(state), &json!(state))
+        );
+    }
+    // A restart after the stops: started twice before, halted, serving reads.
+    let server = Server::start(&cfg);
+    rt.block_on(async {
+        let (code, status) = http::get(&client, &server.url("/v1/status"), AUDITOR).await;
+        assert_eq!(code, 200);
+        assert_eq!(status["state"], "HALTED", "{status}");
+        assert_eq!(status["starts"], 2, "{status}");
+        assert_eq!(status["counters"]["by_event"]["kernel.stop"], 2, "{status}");
+        assert_eq!(
+            status["ledger_length"],
+            lengths[1] + 2,
+            "the stop and this start"
+        );
+    });
+    server.kill();
+}
+
+/// A sled database that is damaged on disk: a clear refusal naming the data
+/// dir and what to do, never a panic.
+#[test]
+fn a_corrupt_sled_file_is_a_clear_error_not_a_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = serve_config(
+        tmp.path(),
+        "sled-kernel",
+        "allowed_actors: [agent-001]\nallowed_tools: [echo]\n",
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = Server::start(&cfg);
+    submit_acknowledged(&rt, &server, "c", 20);
+    let (code, stderr) = server.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+    // Cut sled's log file to a few bytes, or damage its config file.
+    let clean = tmp.path().join("clean");
+    support::datadir::copy_dir(&cfg.data_dir, &clean);
+    let data = cfg.data_dir.to_str().unwrap().to_owned();
+    for damage in ["truncated log", "damaged config"] {
+        std::fs::remove_dir_all(&cfg.data_dir).unwrap();
+        support::datadir::copy_dir(&clean, &cfg.data_dir);
+        let file = cfg
+            .data_dir
+            .join("ledger")
+            .join(if damage == "truncated log" {
+                "db"
+            } else {
+                "conf"
+            });
+        let mut bytes = std::fs::read(&file).unwrap();
+        assert!(bytes.len() > 20, "sled wrote {}", file.display());
+        if damage == "truncated log" {
+            bytes.truncate(10);
+        } else {
+            bytes[10] ^= 0xff;
+        }
+        std::fs::write(&file, &bytes).unwrap();
+        // sled either reports the damage (we say the database is corrupt)
+        // or silently opens an empty database (then the traces of the
+        // ledger's length say entries are missing): never a panic, always
+        // what to do.
+        let out = run(tmp.path(), &["verify", "--data-dir", &data], None);
+        assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+        match out.code {
+            Some(2) => {
+                let said = out.stderr.lines().last().unwrap_or("");
+                assert!(
+                    said.starts_with("kernels:")
+                        && said.contains("corrupt")
+                        && said.contains(&data)
+                        && said.contains("backup"),
+                    "{damage}: {}",
+                    out.stderr
+                );
+            }
+            Some(1) => assert!(
+                out.stdout.contains("entries are missing") && out.stdout.contains("backup"),
+                "{damage}: {}",
+                out.stdout
+            ),
+            other => panic!("{damage}: verify exited {other:?}: {}", out.stdout),
+        }
+        let failure = match Server::try_start(&cfg) {
+            Ok(_) => panic!("kernels serve must refuse a corrupt sled file ({damage})"),
+            Err(f) => f,
+        };
+        assert_eq!(failure.code, Some(2), "{}", failure.stderr);
+        assert!(!failure.stderr.contains("panicked"), "{}", failure.stderr);
+        assert!(
+            failure.stderr.contains("backup"),
+            "{damage}: {}",
+            failure.stderr
+        );
+        if damage == "damaged config" {
+            // sled reports this one: the clear message, naming the data dir.
+            assert_eq!(out.code, Some(2), "{}", out.stdout);
+            assert!(failure.stderr.contains("corrupt"), "{}", failure.stderr);
+        }
+    }
 }

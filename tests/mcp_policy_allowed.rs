@@ -1,10 +1,10 @@
 //! `GET /v1/policy/allowed` (what `kernels mcp-proxy` filters `tools/list`
 //! with) against a real server on 127.0.0.1:0 over real sled.
 
-mod common;
+mod support;
 
-use common::*;
 use serde_json::json;
+use support::server::*;
 
 #[tokio::test]
 async fn agents_read_their_own_actors_and_readers_read_anyone() {

@@ -5,15 +5,14 @@
 //! tests/python/test_mcp_proxy.py; this file checks what no SDK would send:
 //! exact bytes, reused ids, calls without ids, bad frames, exit statuses.
 
-mod mcp_support;
 mod support;
 
 use std::path::Path;
 use std::time::Duration;
 
-use mcp_support::{Proxy, entries, fixture, kernel, venv_python};
 use serde_json::{Value, json};
-use support::process::AGENT;
+use support::mcp::{Proxy, entries, fixture, kernel, venv_python};
+use support::process::{AGENT, Server};
 
 const POLICY: &str = "allowed_actors: [agent-001]\nallowed_tools: [echo, add, exit_now]\n";
 
@@ -47,6 +46,18 @@ fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// `kernels mcp-proxy --actor agent-001 -- COMMAND…` in `dir`, deciding
+/// through `server` with the agent token.
+fn for_agent_001(dir: &Path, server: &Server, command: &[&str]) -> Proxy {
+    Proxy::start(
+        dir,
+        &server.url(""),
+        AGENT,
+        &["--actor", "agent-001"],
+        command,
+    )
+}
+
 fn args(command: &[String]) -> Vec<&str> {
     command.iter().map(String::as_str).collect()
 }
@@ -65,13 +76,7 @@ fn frames_other_than_the_two_methods_pass_byte_for_byte() {
             r#"{"jsonrpc":"2.0","id":$ID,"result":{"b":2,"a":1}}"#
         ]}),
     );
-    let mut proxy = Proxy::start(
-        tmp.path(),
-        &server.url(""),
-        AGENT,
-        &["--actor", "agent-001"],
-        &args(&command),
-    );
+    let mut proxy = for_agent_001(tmp.path(), &server, &args(&command));
     let frames = [
         r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}"#,
         r#"{"method":"notifications/initialized","jsonrpc":"2.0"}"#,
@@ -115,13 +120,7 @@ fn what_could_slip_past_the_interception_is_refused_and_never_forwarded() {
     let tmp = tempfile::tempdir().unwrap();
     let server = kernel(tmp.path(), POLICY);
     let (command, log) = recorder(tmp.path(), json!({}));
-    let mut proxy = Proxy::start(
-        tmp.path(),
-        &server.url(""),
-        AGENT,
-        &["--actor", "agent-001"],
-        &args(&command),
-    );
+    let mut proxy = for_agent_001(tmp.path(), &server, &args(&command));
 
     // Not JSON; a batch; a tools/call without an id (a notification could run
     // unanswered); a null id.
@@ -162,13 +161,7 @@ fn a_request_reusing_the_id_of_a_list_in_flight_is_refused() {
     let server = kernel(tmp.path(), POLICY);
     // The recorder never answers tools/list, so the list stays in flight.
     let (command, log) = recorder(tmp.path(), json!({}));
-    let mut proxy = Proxy::start(
-        tmp.path(),
-        &server.url(""),
-        AGENT,
-        &["--actor", "agent-001"],
-        &args(&command),
-    );
+    let mut proxy = for_agent_001(tmp.path(), &server, &args(&command));
     proxy.send(r#"{"jsonrpc":"2.0","id":9,"method":"tools/list"}"#);
     wait_until("the list is forwarded", || received(&log).len() == 1);
     // Had this gone through, the server's answer to it would have been taken
@@ -197,13 +190,7 @@ fn json_rpc_ids_that_restart_with_each_session_are_never_the_request_id() {
     let python = venv_python().display().to_string();
     let server_script = fixture("mcp_fixture_server.py").display().to_string();
     for text in ["first session", "second session"] {
-        let mut proxy = Proxy::start(
-            tmp.path(),
-            &server.url(""),
-            AGENT,
-            &["--actor", "agent-001"],
-            &[&python, &server_script],
-        );
+        let mut proxy = for_agent_001(tmp.path(), &server, &[&python, &server_script]);
         initialize(&mut proxy);
         proxy.send(&format!(
             r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"{text}"}}}}}}"#
@@ -267,13 +254,7 @@ fn a_server_that_exits_mid_call_ends_the_proxy_and_the_call_has_an_outcome() {
     let server = kernel(tmp.path(), POLICY);
     let python = venv_python().display().to_string();
     let server_script = fixture("mcp_fixture_server.py").display().to_string();
-    let mut proxy = Proxy::start(
-        tmp.path(),
-        &server.url(""),
-        AGENT,
-        &["--actor", "agent-001"],
-        &[&python, &server_script],
-    );
+    let mut proxy = for_agent_001(tmp.path(), &server, &[&python, &server_script]);
     initialize(&mut proxy);
     proxy.send(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"exit_now","arguments":{"code":5}}}"#);
     assert_eq!(proxy.wait(), Some(5));
@@ -336,13 +317,7 @@ fn a_permit_file_is_attached_to_every_call() {
     let call = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"p"}}}"#;
 
     // Without the permit: denied (MISSING_PERMIT).
-    let mut proxy = Proxy::start(
-        tmp.path(),
-        &server.url(""),
-        AGENT,
-        &["--actor", "agent-001"],
-        &[&python, &server_script],
-    );
+    let mut proxy = for_agent_001(tmp.path(), &server, &[&python, &server_script]);
     initialize(&mut proxy);
     proxy.send(call);
     let v = proxy.recv();

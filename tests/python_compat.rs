@@ -15,7 +15,7 @@ use kernels::bundle;
 use kernels::chain::ChainVerifier;
 use kernels::entry::Entry;
 use kernels::kernel::{
-    DecideContext, EventError, Keyring, MemoryKernel, Policy, RawRequest, Refusal, Variant,
+    Compat, DecideContext, EventError, Keyring, MemoryKernel, Policy, RawRequest, Refusal, Variant,
 };
 use serde_json::Value;
 
@@ -23,7 +23,7 @@ use serde_json::Value;
 /// answer instead (`ALLOW`, or a text our error contains).
 const DIVERGENCES: &[(&str, &str)] = &[
     // The library lets a permit for `add` authorise `echo` when the policy
-    // allows every tool; CONTRACT §3 binds a permit to its action.
+    // allows every tool; ours binds a permit to its action (README.md, "Permits").
     ("pm-action-mismatch", "ACTION_MISMATCH"),
     // The library burns a nonce use on a refused attempt (and its own ledger
     // replay forgets it); ours counts only ALLOWed uses, as replay does.
@@ -120,6 +120,8 @@ fn run_scenario(name: &str) -> Outcome {
             keyring: &keyring,
             jurisdiction: "default",
             external_tools: &kernels::kernel::decide::NO_EXTERNAL_TOOLS,
+            // The library's entry format: no tool_name on a DENY.
+            compat: Compat::Python,
         };
         match step["op"].as_str().unwrap() {
             "submit" => {

@@ -1,9 +1,7 @@
 //! The rotator against a real S3-compatible server (s3s-fs) on 127.0.0.1:
 //! segments, manifests, read-back, repair, outages, tampering, forensics.
 
-mod common;
-#[path = "common/s3.rs"]
-mod s3;
+mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,11 +10,13 @@ use kernels::kernel::{KernelState, Policy, RawRequest, Variant};
 use kernels::ledger::{Ledger, LedgerOptions, SystemClock, replay_summary};
 use kernels::metrics::Metrics;
 use kernels::rotator::archive;
+use kernels::rotator::head::HeadState;
 use kernels::rotator::manifest::{Manifest, kernel_prefix};
-use kernels::rotator::run::{Outcome, Target, rotate_once};
+use kernels::rotator::run::{Outcome, RunAnswer, Target, rotate_once};
 use kernels::service::RotationControl;
-use s3::S3Server;
 use serde_json::json;
+use support::fs::copy_dir;
+use support::s3::{self, S3Server};
 
 fn open(dir: &std::path::Path) -> Ledger {
     let policy = Policy::from_yaml("allowed_actors: ['*']\nallowed_tools: [echo]\n").unwrap();
@@ -254,6 +254,7 @@ async fn an_outage_does_not_slow_decisions_and_the_next_run_catches_up() {
         endpoint: Some(server.endpoint()),
         force_path_style: true,
         object_lock: None,
+        attempt_timeout: Duration::from_secs(60),
     };
     let rotator = kernels::rotator::Rotator::start_with(
         ledger.clone(),
@@ -263,7 +264,11 @@ async fn an_outage_does_not_slow_decisions_and_the_next_run_catches_up() {
         stop_rx,
     );
     submit_n(&ledger, "b", 10).await;
-    assert!(rotator.rotate_now("ops".into()).await.is_err());
+    let failure = rotator
+        .rotate_now("ops".into(), Duration::from_secs(30))
+        .await
+        .unwrap_err();
+    assert_eq!(failure.error.code(), "store_unreachable", "{failure}");
     let status = rotator.status();
     assert_eq!(status["failing"], true, "{status}");
     assert!(status["last_error"].is_string());
@@ -285,7 +290,14 @@ async fn an_outage_does_not_slow_decisions_and_the_next_run_catches_up() {
     );
 
     server.restart().await;
-    let outcome = rotator.rotate_now("ops".into()).await.unwrap();
+    let outcome = match rotator
+        .rotate_now("ops".into(), Duration::from_secs(30))
+        .await
+        .unwrap()
+    {
+        RunAnswer::Finished { outcome, .. } => outcome,
+        other => panic!("the run must finish within 30 s: {other:?}"),
+    };
     assert_eq!(outcome["archived"], true, "{outcome}");
     let report = archive::verify(&t.objects, "kernels-archive", "k-rot")
         .await
@@ -363,15 +375,79 @@ async fn an_upload_without_its_record_is_repaired_without_duplicates() {
     ledger.close().unwrap();
 }
 
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for item in std::fs::read_dir(from).unwrap() {
-        let item = item.unwrap();
-        let dest = to.join(item.file_name());
-        if item.file_type().unwrap().is_dir() {
-            copy_dir(&item.path(), &dest);
-        } else if item.file_name() != "LOCK" {
-            std::fs::copy(item.path(), dest).unwrap();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_newest_manifest_is_named_and_not_chained_onto() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = S3Server::start().await;
+    let ledger = open(&tmp.path().join("data"));
+    let t = target(server.objects().await, &tmp.path().join("work"));
+    let mut newest = None;
+    for round in 0..2 {
+        submit_n(&ledger, &format!("h{round}"), 6).await;
+        if let Outcome::Archived { manifest, .. } =
+            rotate_once(&ledger, &t, "SYSTEM").await.unwrap()
+        {
+            newest = Some(*manifest);
         }
     }
+    let newest = newest.unwrap();
+    let head = kernels::rotator::head::check(&ledger, &t).await.unwrap();
+    assert_eq!(head.state, HeadState::Ok, "{head:?}");
+
+    // The newest manifest is replaced by an edited one.
+    let key = kernels::rotator::manifest::manifest_key(
+        "kernels-archive",
+        "k-rot",
+        newest.from_seq,
+        newest.to_seq,
+    );
+    let original = std::fs::read(server.object_path(&key)).unwrap();
+    let mut edited = newest.clone();
+    edited.created_at_ms += 1;
+    replace_object(&t.objects, &key, edited.to_bytes()).await;
+    let head = kernels::rotator::head::check(&ledger, &t).await.unwrap();
+    assert_eq!(head.state, HeadState::Changed, "{head:?}");
+    assert!(head.problem.as_deref().unwrap().contains(&key), "{head:?}");
+
+    submit_n(&ledger, "h-after", 3).await;
+    let before = ledger.durable_len();
+    let err = rotate_once(&ledger, &t, "SYSTEM").await.unwrap_err();
+    assert_eq!(err.code(), "archive_head_changed", "{err}");
+    assert!(err.to_string().contains(&key), "{err}");
+    assert_eq!(ledger.durable_len(), before, "nothing may be recorded");
+
+    // Restored, the next run chains on as usual.
+    replace_object(&t.objects, &key, original).await;
+    assert!(matches!(
+        rotate_once(&ledger, &t, "SYSTEM").await.unwrap(),
+        Outcome::Archived { .. }
+    ));
+    let report = archive::verify(&t.objects, "kernels-archive", "k-rot")
+        .await
+        .unwrap();
+    assert!(report.valid, "{:?}", report.errors);
+    ledger.close().unwrap();
+}
+
+/// Replaces an object through the S3 API (delete, then put), as someone with
+/// write access to the bucket could.
+async fn replace_object(objects: &kernels::rotator::objects::Objects, key: &str, body: Vec<u8>) {
+    let kernels::rotator::objects::Objects::S3 { client, bucket, .. } = objects else {
+        unreachable!()
+    };
+    client
+        .delete_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap();
+    client
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(body.into())
+        .send()
+        .await
+        .unwrap();
 }

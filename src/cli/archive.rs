@@ -1,6 +1,11 @@
 //! `kernels archive verify` and `kernels archive replay`: forensics from the
 //! archive alone (an S3 bucket, or a directory of downloaded objects), with
 //! no service and no data dir.
+//!
+//! `verify` can also check that the archive reaches the last seq the ledger
+//! recorded as archived: given with `--expect-seq`, or asked of a running
+//! service (`--service URL`, or the `listen` address of `--config`; the token
+//! comes from `KERNELS_TOKEN`).
 
 use std::path::PathBuf;
 
@@ -125,6 +130,16 @@ pub enum ArchiveCommand {
         /// Where.
         #[command(flatten)]
         location: ArchiveLocation,
+        /// The archive must reach at least this seq (the ledger's last
+        /// archived seq: `last_rotation.to_seq` in the status); an archive
+        /// that ends earlier is INVALID.
+        #[arg(long)]
+        expect_seq: Option<u64>,
+        /// Ask this running service for the last archived seq (token from
+        /// KERNELS_TOKEN). Default with --config: the config's listen address,
+        /// when the service answers there.
+        #[arg(long, conflicts_with = "expect_seq")]
+        service: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -146,6 +161,60 @@ pub enum ArchiveCommand {
     },
 }
 
+/// The last archived seq according to a running service: `--service URL`,
+/// else the `listen` address of an explicit `--config` (a service that
+/// cannot be reached there is a warning, not an error).
+async fn expected_from_service(
+    location: &ArchiveLocation,
+    service: Option<String>,
+) -> Result<(Option<u64>, Option<String>), CliError> {
+    let (url, explicit) = match service {
+        Some(url) => (url, true),
+        None => {
+            let Some(path) = &location.config else {
+                return Ok((None, None));
+            };
+            let env = |k: &str| std::env::var(k).ok();
+            let (raw, _) = crate::config::read_raw(Some(path), &env)
+                .map_err(|e| CliError::unusable(e.to_string()))?;
+            let listen = raw.listen.unwrap_or_else(|| "127.0.0.1:8080".into());
+            (format!("http://{listen}"), false)
+        }
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .map_err(|e| CliError::unusable(format!("cannot build an HTTP client: {e}")))?;
+    let mut req = client.get(format!("{}/v1/status", url.trim_end_matches('/')));
+    if let Ok(token) = std::env::var("KERNELS_TOKEN") {
+        req = req.bearer_auth(token);
+    }
+    let asked = match req.send().await {
+        Ok(resp) if resp.status().is_success() => resp
+            .json::<serde_json::Value>()
+            .await
+            .map_err(|e| format!("{url}: the status is not JSON: {e}")),
+        Ok(resp) => Err(format!(
+            "{url} answered {} (set KERNELS_TOKEN)",
+            resp.status()
+        )),
+        Err(e) => Err(format!("cannot reach {url}: {e}")),
+    };
+    match asked {
+        Ok(status) => Ok((status["last_rotation"]["to_seq"].as_u64(), None)),
+        Err(e) if explicit => Err(CliError::unusable(format!(
+            "asking the service for the last archived seq: {e}"
+        ))),
+        Err(e) => Ok((
+            None,
+            Some(format!(
+                "the archive's end was not checked against the ledger ({e}); give --expect-seq or --service"
+            )),
+        )),
+    }
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -158,11 +227,29 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 pub(super) fn archive(cmd: ArchiveCommand) -> CliResult {
     runtime()?.block_on(async move {
         match cmd {
-            ArchiveCommand::Verify { location, json } => {
+            ArchiveCommand::Verify {
+                location,
+                expect_seq,
+                service,
+                json,
+            } => {
                 let r = location.resolve().await?;
-                let report = archive::verify(&r.objects, &r.prefix, &r.kernel_id)
-                    .await
-                    .map_err(|e| CliError::unusable(e.to_string()))?;
+                let (expected, note) = match expect_seq {
+                    Some(seq) => (Some(seq), None),
+                    None => expected_from_service(&location, service).await?,
+                };
+                let mut report = match archive::verify(&r.objects, &r.prefix, &r.kernel_id).await {
+                    Ok(report) => report,
+                    // Nothing archived at all, while the ledger says otherwise.
+                    Err(archive::ArchiveError::Empty(_)) if expected.is_some() => {
+                        archive::ArchiveReport::empty()
+                    }
+                    Err(e) => return Err(CliError::unusable(e.to_string())),
+                };
+                if let Some(seq) = expected {
+                    archive::expect_end(&mut report, seq);
+                }
+                report.warnings.extend(note);
                 if json {
                     println!("{}", serde_json::to_string(&report).unwrap_or_default());
                 } else {

@@ -1,9 +1,15 @@
 //! Offline commands on a data dir no service holds: `export`, `verify
-//! --data-dir`, `replay`, `info --data-dir`, `investigate`.
+//! --data-dir`, `replay`, `info --data-dir` (and `investigate` without
+//! `--server`, in `investigate.rs`).
 //!
-//! They open the ledger read-only (no `kernel.start`, no policy update), so
-//! running them changes nothing. A data dir held by a running service is
-//! refused at once with a message pointing to the HTTP API.
+//! They record no entry (no `kernel.start`, no policy update, no stop), but
+//! opening and closing a data dir is not free of writes: an older storage
+//! format is upgraded (`migrations/`), what the write-ahead log still holds
+//! is applied to sled and the log generations it covered are deleted, and
+//! closing stores a state checkpoint and the durable head when they are
+//! behind. The entries themselves never change. A data dir held by a
+//! running service is refused at once with a message pointing to the HTTP
+//! API.
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -31,7 +37,7 @@ pub(crate) fn open_read_only(dir: &Path, verify: VerifyOnOpen) -> Result<Ledger,
     .map_err(|e| CliError::unusable(format!("{}: {e}", dir.display())))
 }
 
-fn data_dir_of(flag: &Option<PathBuf>) -> PathBuf {
+pub(super) fn data_dir_of(flag: &Option<PathBuf>) -> PathBuf {
     flag.clone()
         .or_else(|| std::env::var_os("KERNELS_DATA_DIR").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("./data"))
@@ -224,99 +230,6 @@ pub(super) fn info_data_dir(dir: &Path, json: bool) -> CliResult {
             ),
             None => println!("last rotation: none"),
         }
-    }
-    Ok(EXIT_OK)
-}
-
-/// Arguments of `kernels investigate`.
-#[derive(Debug, Args)]
-pub struct InvestigateArgs {
-    /// Data directory (default ./data, or KERNELS_DATA_DIR).
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
-    /// Start of the time range (ms, inclusive).
-    #[arg(long)]
-    pub from_ms: u64,
-    /// End of the time range (ms, inclusive).
-    #[arg(long)]
-    pub to_ms: u64,
-    /// Only entries of this actor.
-    #[arg(long)]
-    pub actor: Option<String>,
-    /// Print the entries as JSON lines instead of a table.
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// `kernels investigate`: the entries of a time range, the state at its
-/// start, and a summary.
-pub(super) fn investigate(args: InvestigateArgs) -> CliResult {
-    if args.from_ms > args.to_ms {
-        return Err(CliError::unusable("--from-ms is after --to-ms"));
-    }
-    let dir = data_dir_of(&args.data_dir);
-    let ledger = open_read_only(&dir, VerifyOnOpen::Full)?;
-    let len = ledger.durable_len();
-    let mut state = KernelState::default();
-    let mut out = std::io::stdout().lock();
-    let (mut shown, mut allow, mut deny, mut halts, mut events) = (0u64, 0u64, 0u64, 0u64, 0u64);
-    let mut printed_state = false;
-    for entry in ledger.entries(0, len) {
-        let entry = entry.map_err(|e| CliError::unusable(e.to_string()))?;
-        if entry.ts_ms > args.to_ms {
-            break;
-        }
-        if entry.ts_ms >= args.from_ms {
-            if !printed_state && !args.json {
-                let _ = writeln!(
-                    out,
-                    "state at {} ms: {} (policy version {}, {} entries before the range)",
-                    args.from_ms, state.state, state.policy_version, state.head.len
-                );
-                printed_state = true;
-            }
-            if args
-                .actor
-                .as_deref()
-                .is_none_or(|a| entry.actor.as_str() == a)
-            {
-                shown += 1;
-                let event = entry
-                    .tool_name
-                    .as_deref()
-                    .is_some_and(|t| t.starts_with("kernel."));
-                match entry.decision.as_str() {
-                    _ if event => events += 1,
-                    "ALLOW" => allow += 1,
-                    "DENY" => deny += 1,
-                    _ => halts += 1,
-                }
-                if args.json {
-                    let _ = writeln!(out, "{}", serde_json::to_string(&entry).unwrap_or_default());
-                } else {
-                    let _ = writeln!(
-                        out,
-                        "{:>8} {:>14} {:<5} {:<16} {:<18} {}",
-                        entry.ledger_seq,
-                        entry.ts_ms,
-                        entry.decision,
-                        entry.actor.to_string(),
-                        entry.tool_name.as_deref().unwrap_or("-"),
-                        entry.error.as_deref().unwrap_or(entry.intent.as_str())
-                    );
-                }
-            }
-        }
-        let seq = entry.ledger_seq;
-        state
-            .apply(&entry)
-            .map_err(|e| CliError::unusable(format!("entry {seq}: {e}")))?;
-    }
-    if !args.json {
-        let _ = writeln!(
-            out,
-            "{shown} entries in range: {allow} ALLOW, {deny} DENY, {halts} HALT, {events} operational events"
-        );
     }
     Ok(EXIT_OK)
 }

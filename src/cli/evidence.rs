@@ -42,6 +42,9 @@ pub struct VerifyArgs {
     /// Print `{"valid", "entries_verified", "computed_root_hash", "errors"}`.
     #[arg(long)]
     pub json: bool,
+    /// Check the bundle against a signed checkpoint too.
+    #[command(flatten)]
+    pub tree: super::proofs::TreeHeadArgs,
 }
 
 /// Arguments of `kernels canonical`.
@@ -117,7 +120,7 @@ pub(super) fn validate(args: ValidateArgs) -> CliResult {
         }
         _ => return Err(CliError::unusable("a request must be a JSON object")),
     };
-    if let Err(invalid) = raw.validate(0) {
+    if let Err(invalid) = raw.validate() {
         problems.extend(invalid.errors);
     }
     if problems.is_empty() {
@@ -139,6 +142,8 @@ pub(super) fn verify(args: VerifyArgs) -> CliResult {
             "give a bundle file to verify (or --data-dir DIR for a data dir)",
         ));
     };
+    let checkpoint = args.tree.load()?;
+    let tree_size = checkpoint.as_ref().map(|c| c.checkpoint.size);
     let progress = Arc::new(AtomicU64::new(0));
     let bytes_read = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
@@ -165,25 +170,35 @@ pub(super) fn verify(args: VerifyArgs) -> CliResult {
     });
     // No BufReader: the verifier reads in large blocks of its own, and a
     // buffer in between would only copy every byte once more.
+    let run = |input: &mut dyn std::io::Read| match tree_size {
+        None => crate::verify::verify_bundle(input, &progress).map(|r| (r, None)),
+        Some(size) => crate::verify::verify_bundle_with_tree(input, &progress, size)
+            .map(|(r, head)| (r, Some(head))),
+    };
     let result = if path.as_os_str() == "-" {
         let stdin = std::io::stdin().lock();
-        crate::verify::verify_bundle(
-            crate::verify::CountingReader::new(stdin, bytes_read.clone()),
-            &progress,
-        )
+        run(&mut crate::verify::CountingReader::new(
+            stdin,
+            bytes_read.clone(),
+        ))
     } else {
         let file = std::fs::File::open(&path)
             .map_err(|e| CliError::unusable(format!("cannot read {}: {e}", path.display())))?;
-        crate::verify::verify_bundle(
-            crate::verify::CountingReader::new(file, bytes_read.clone()),
-            &progress,
-        )
+        run(&mut crate::verify::CountingReader::new(
+            file,
+            bytes_read.clone(),
+        ))
     };
     done.store(true, Ordering::Relaxed);
     if let Some(t) = ticker {
         let _ = t.join();
     }
-    let report = result.map_err(|e| CliError::unusable(format!("{}: {e}", path.display())))?;
+    let (report, head) =
+        result.map_err(|e| CliError::unusable(format!("{}: {e}", path.display())))?;
+    if let (Some(checkpoint), Some(head)) = (&checkpoint, &head) {
+        let what = path.display().to_string();
+        return super::proofs::finish_bundle_check(report, checkpoint, head, args.json, &what);
+    }
     print_report(&report, args.json, &path.display().to_string());
     Ok(if report.valid { EXIT_OK } else { EXIT_NEGATIVE })
 }
@@ -207,7 +222,7 @@ pub(crate) fn print_report(report: &VerifyReport, json: bool, what: &str) {
     let _ = writeln!(out, "computed root hash: {}", report.computed_root_hash);
     if !report.errors.is_empty() {
         let _ = writeln!(out, "errors ({}):", report.errors.len());
-        for e in &report.errors {
+        for e in report.errors.iter().take(super::LISTED_PROBLEMS) {
             match e.index {
                 Some(i) => {
                     let _ = writeln!(out, "  entry {i}: {}", e.message);
@@ -216,6 +231,9 @@ pub(crate) fn print_report(report: &VerifyReport, json: bool, what: &str) {
                     let _ = writeln!(out, "  bundle: {}", e.message);
                 }
             }
+        }
+        if let Some(more) = super::more_problems(report.errors.len()) {
+            let _ = writeln!(out, "{more}");
         }
     }
 }

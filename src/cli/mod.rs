@@ -1,7 +1,7 @@
 //! The `kernels` command line: argument parsing and dispatch to the commands.
 //!
 //! Offline commands (verify, canonical, validate, simulate, info, export,
-//! replay, archive …) work on files, a data dir or an archive; commands that
+//! replay, archive, keygen, checkpoint and proof verify …) work on files, a data dir or an archive; commands that
 //! change a running kernel (halt, policy update, rotate …) talk to the
 //! service over HTTP. Every command returns an exit code: 0 success, 1 a
 //! negative answer (invalid chain, failed validation, unhealthy service), 2
@@ -11,7 +11,11 @@ mod archive;
 mod client;
 mod datadir;
 mod evidence;
+mod health;
+mod investigate;
 mod mcp;
+mod permit;
+mod proofs;
 mod serve;
 mod simulate;
 
@@ -26,6 +30,20 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_NEGATIVE: u8 = 1;
 /// Exit code for unusable input or an operational error.
 pub const EXIT_UNUSABLE: u8 = 2;
+
+/// How many problems a text report lists (`--json` lists them all).
+pub const LISTED_PROBLEMS: usize = 20;
+
+/// The line that ends a text listing of `total` problems cut at
+/// [`LISTED_PROBLEMS`], if it was cut.
+pub fn more_problems(total: usize) -> Option<String> {
+    (total > LISTED_PROBLEMS).then(|| {
+        format!(
+            "  … and {} more ({total} in all; --json lists every one)",
+            total - LISTED_PROBLEMS
+        )
+    })
+}
 
 /// A command's failure: what to print and which code to exit with.
 #[derive(Debug, thiserror::Error)]
@@ -78,10 +96,12 @@ pub enum Command {
     Export(datadir::ExportArgs),
     /// Rebuild and print the kernel state from a data dir, as of the head, a seq or a time.
     Replay(datadir::ReplayArgs),
-    /// List the entries of a time range from a data dir, with the state before it.
-    Investigate(datadir::InvestigateArgs),
-    /// Health check of a running service (exit 0 healthy, 1 not).
-    Health(client::HealthArgs),
+    /// Investigate a time range (play 3.2): its entries and their analysis by
+    /// actor, tool, decision and errors — from a data dir or a running service.
+    Investigate(investigate::InvestigateArgs),
+    /// Health check of a running service (play 3.1): exit 0 healthy, 1
+    /// degraded or unhealthy, 2 when it cannot check (no token, unreachable).
+    Health(health::HealthArgs),
     /// Status of a running service.
     Status(client::StatusArgs),
     /// Submit one request to a running service.
@@ -100,6 +120,17 @@ pub enum Command {
     /// Verify or replay a kernel's archive (S3 or a directory of downloaded objects).
     #[command(subcommand)]
     Archive(archive::ArchiveCommand),
+    /// Issue permit tokens (signed with a key of the configured keyring).
+    #[command(subcommand)]
+    Permit(permit::PermitCommand),
+    /// Create a checkpoint signing key (writes the private key, prints the verifier key).
+    Keygen(proofs::KeygenArgs),
+    /// Verify a signed checkpoint, with its witnesses' cosignatures.
+    #[command(subcommand)]
+    Checkpoint(proofs::CheckpointCommand),
+    /// Verify an inclusion or consistency proof against its signed checkpoint.
+    #[command(subcommand)]
+    Proof(proofs::ProofCommand),
     /// Run an MCP server (stdio) behind the kernel: every tools/call is decided first.
     McpProxy(mcp::McpProxyArgs),
 }
@@ -131,6 +162,9 @@ pub fn run(cli: Cli) -> ExitCode {
         },
         Command::Validate(args) => evidence::validate(args),
         Command::Verify(args) => match (&args.data_dir, &args.bundle) {
+            (Some(_), None) if args.tree.checkpoint.is_some() => Err(CliError::unusable(
+                "--key/--checkpoint check a bundle file: export the data dir first",
+            )),
             (Some(dir), None) => datadir::verify_data_dir(dir, args.json),
             (Some(_), Some(_)) => Err(CliError::unusable(
                 "give a bundle file or --data-dir, not both",
@@ -141,8 +175,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Simulate(args) => simulate::simulate(args),
         Command::Export(args) => datadir::export(args),
         Command::Replay(args) => datadir::replay(args),
-        Command::Investigate(args) => datadir::investigate(args),
-        Command::Health(args) => client::health(args),
+        Command::Investigate(args) => investigate::investigate(args),
+        Command::Health(args) => health::health(args),
         Command::Status(args) => client::status(args),
         Command::Submit(args) => client::submit(args),
         Command::Halt(args) => client::halt(args),
@@ -151,6 +185,10 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Policy(cmd) => client::policy(cmd),
         Command::Rotate(args) => client::rotate(args),
         Command::Archive(cmd) => archive::archive(cmd),
+        Command::Permit(cmd) => permit::permit(cmd),
+        Command::Keygen(args) => proofs::keygen(args),
+        Command::Checkpoint(cmd) => proofs::checkpoint(cmd),
+        Command::Proof(cmd) => proofs::proof(cmd),
         Command::McpProxy(args) => mcp::mcp_proxy(args),
     };
     match result {

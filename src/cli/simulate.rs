@@ -1,10 +1,11 @@
 //! `kernels simulate`: a what-if run of recorded requests through a fresh
 //! in-memory kernel, with a clock that moves only when told to.
 //!
-//! The kernel is shaped like the Python library's (no `kernel.create` entry),
-//! so the same inputs give the same entries and hashes as a Python run with a
-//! virtual clock. This is how an operator tries a new policy on yesterday's
-//! traffic before applying it.
+//! The kernel is shaped like the Python library's (no `kernel.create` entry);
+//! with `--compat python` the same inputs give the same entries and hashes as
+//! a Python run with a virtual clock (by default denied entries also name the
+//! tool they asked for, as the service records them). This is how an
+//! operator tries a new policy on yesterday's traffic before applying it.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -15,7 +16,7 @@ use clap::Args;
 use super::{CliError, CliResult, EXIT_OK, read_input};
 use crate::bundle::{BundleWriter, ExportHeader};
 use crate::kernel::permit::{Keyring, keyring_from_hex};
-use crate::kernel::{DecideContext, MemoryKernel, Policy, RawRequest, Variant};
+use crate::kernel::{Compat, DecideContext, MemoryKernel, Policy, RawRequest, Variant};
 
 /// Arguments of `kernels simulate`.
 #[derive(Debug, Args)]
@@ -50,6 +51,28 @@ pub struct SimulateArgs {
     /// Write the bundle here instead of standard output.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Entry format: `native` (denied entries name the tool they asked for)
+    /// or `python` (the Python library's entries, byte for byte).
+    #[arg(long, value_enum, default_value_t = CompatArg::Native)]
+    pub compat: CompatArg,
+}
+
+/// `--compat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompatArg {
+    /// Ours.
+    Native,
+    /// The Python library's.
+    Python,
+}
+
+impl From<CompatArg> for Compat {
+    fn from(c: CompatArg) -> Compat {
+        match c {
+            CompatArg::Native => Compat::Native,
+            CompatArg::Python => Compat::Python,
+        }
+    }
 }
 
 /// `kernels simulate`.
@@ -124,6 +147,7 @@ pub(super) fn simulate(args: SimulateArgs) -> CliResult {
                 keyring: &keyring,
                 jurisdiction: &args.jurisdiction,
                 external_tools: &external_tools,
+                compat: args.compat.into(),
             };
             Some(match kernel.submit(&raw, &ctx) {
                 Ok(receipt) => serde_json::to_value(&receipt).expect("receipts serialize"),

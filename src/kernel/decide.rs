@@ -1,43 +1,40 @@
 //! Deciding a request: the Python library's `submit`, as a pure function.
 //!
 //! `decide` reads the state, never changes it, and returns the entry body to
-//! seal plus the receipt fields. The order is the library's: validate →
+//! seal plus the receipt fields. First [`KernelState::admit`] checks, once,
+//! that the kernel takes requests (not halted); then the order is the
+//! library's: validate (done once, when the [`Submission`] was made) →
 //! ambiguity (fail closed) → permit (when a keyring is configured and a tool
-//! is called) → jurisdiction → variant → execute → record.
+//! is called) → jurisdiction → variant → execute → record. Request ids
+//! `HALT` and `kernel.*` are refused here: replay tells operational events
+//! by their id, so no agent may use one.
 
 use std::collections::BTreeSet;
 
-use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::machine::{State, Walk};
+use super::machine::{IllegalTransition, State, Walk};
 use super::permit::{Keyring, PermitCheck, PermitContext, PermitToken};
-use super::request::{Invalid, RawRequest, Request};
+use super::policy::Policy;
+use super::reason::{DenyReason, Status};
+use super::request::{Invalid, Request, Submission};
 use super::state::KernelState;
 use super::tools;
+use super::variant::Variant;
 use crate::entry::{EntryBody, Text};
 
-/// Receipt status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Status {
-    /// Allowed (and executed, when a tool was called).
-    Accepted,
-    /// Denied by a check.
-    Rejected,
-    /// Allowed, but the tool failed; recorded as DENY.
-    Failed,
-}
-
-impl Status {
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Accepted => "ACCEPTED",
-            Status::Rejected => "REJECTED",
-            Status::Failed => "FAILED",
-        }
-    }
+/// Whose entry format a decision follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compat {
+    /// Ours: a denied entry names the tool the request asked for in
+    /// `tool_name` (its decision says it did not run), so an investigation
+    /// can count attempts by tool.
+    #[default]
+    Native,
+    /// The Python library's: `tool_name` only on ALLOW (null on DENY), so
+    /// the entries are the library's byte for byte (`kernels simulate
+    /// --compat python`).
+    Python,
 }
 
 /// What the kernel needs besides its state to decide.
@@ -52,10 +49,17 @@ pub struct DecideContext<'a> {
     /// Tools the kernel authorises but does not run (the agent runs them):
     /// an allowed call to one is ALLOWed without a `tool_result`.
     pub external_tools: &'a BTreeSet<String>,
+    /// The entry format.
+    pub compat: Compat,
 }
 
 /// No external tools: every allowed tool call must be a built-in tool.
 pub static NO_EXTERNAL_TOOLS: BTreeSet<String> = BTreeSet::new();
+
+/// Request ids only operational events may use.
+pub fn is_reserved_id(request_id: &str) -> bool {
+    request_id == "HALT" || request_id.starts_with("kernel.")
+}
 
 /// Why a request was not decided at all (nothing is recorded).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,6 +70,15 @@ pub enum Refusal {
     /// The ledger has no `kernel.create` entry yet.
     #[error("kernel is not initialised")]
     NotInitialised,
+    /// The request id is `HALT` or `kernel.*`, reserved for operational
+    /// events (which replay recognises by their id).
+    #[error(
+        "request id {0:?} is reserved: request ids \"HALT\" and \"kernel.*\" are reserved for operational events"
+    )]
+    ReservedId(String),
+    /// The decision code took an illegal step (a bug, never input).
+    #[error(transparent)]
+    IllegalTransition(#[from] IllegalTransition),
 }
 
 /// A decision, before it is sealed into the chain.
@@ -86,10 +99,19 @@ impl Decided {
     }
 }
 
+/// A kernel that takes requests now: what [`KernelState::admit`] answers,
+/// so that the halt check is made once per decision.
+#[derive(Debug, Clone, Copy)]
+pub struct Admitted<'s> {
+    state: &'s KernelState,
+    policy: &'s Policy,
+    variant: Variant,
+}
+
 impl KernelState {
-    /// Decides `raw` at `ctx.now_ms`. Pure: the state is only changed by
-    /// applying the sealed entry afterwards.
-    pub fn decide(&self, raw: &RawRequest, ctx: &DecideContext<'_>) -> Result<Decided, Refusal> {
+    /// Whether the kernel takes requests: refused while halted or before
+    /// `kernel.create`. The one halt check of the decision path.
+    pub fn admit(&self) -> Result<Admitted<'_>, Refusal> {
         match self.state {
             State::Halted => {
                 let reason = self
@@ -102,12 +124,44 @@ impl KernelState {
             State::Idle => {}
             _ => return Err(Refusal::NotInitialised),
         }
-        let policy = self.policy.as_ref().ok_or(Refusal::NotInitialised)?;
-        let variant = self.variant.ok_or(Refusal::NotInitialised)?;
-        let mut walk = Walk::from(State::Idle);
-        walk.go(State::Validating);
+        Ok(Admitted {
+            state: self,
+            policy: self.policy.as_ref().ok_or(Refusal::NotInitialised)?,
+            variant: self.variant.ok_or(Refusal::NotInitialised)?,
+        })
+    }
 
-        let request = match raw.validate(ctx.now_ms) {
+    /// Admits, then decides `submission` at `ctx.now_ms`. Pure: the state is
+    /// only changed by applying the sealed entry afterwards.
+    pub fn decide(
+        &self,
+        submission: &Submission<'_>,
+        ctx: &DecideContext<'_>,
+    ) -> Result<Decided, Refusal> {
+        self.admit()?.decide(submission, ctx)
+    }
+}
+
+impl Admitted<'_> {
+    /// Decides `submission` (validated once, when it was made) at
+    /// `ctx.now_ms`; refuses a reserved request id.
+    pub fn decide(
+        &self,
+        submission: &Submission<'_>,
+        ctx: &DecideContext<'_>,
+    ) -> Result<Decided, Refusal> {
+        if let Some(id) = submission
+            .raw()
+            .request_id()
+            .filter(|id| is_reserved_id(id))
+        {
+            return Err(Refusal::ReservedId(id.to_owned()));
+        }
+        let (policy, variant) = (self.policy, self.variant);
+        let mut walk = Walk::from(State::Idle);
+        walk.go(State::Validating)?;
+
+        let request = match submission.checked() {
             Ok(r) => r,
             Err(invalid) => {
                 let Invalid {
@@ -115,24 +169,22 @@ impl KernelState {
                     request_id,
                     actor,
                     intent,
-                } = *invalid;
-                let error = format!("Validation failed: {}", errors.join("; "));
-                return Ok(deny(
-                    walk,
-                    ctx,
-                    request_id,
-                    actor,
-                    intent,
-                    error,
-                    Status::Rejected,
-                ));
+                    tool_name,
+                } = invalid;
+                let who = Who {
+                    request_id: request_id.clone(),
+                    actor: actor.clone(),
+                    intent: intent.clone(),
+                    tool_name: tool_name.clone(),
+                };
+                return deny(walk, ctx, who, DenyReason::Invalid, &errors.join("; "));
             }
         };
 
         let ambiguity = request.ambiguity(variant.max_intent_length(), variant.strict_ambiguity());
         if !ambiguity.is_empty() && variant.fail_closed() {
-            let error = format!("Ambiguity detected: {}", ambiguity.join("; "));
-            return Ok(deny_request(walk, ctx, &request, error, Status::Rejected));
+            let detail = ambiguity.join("; ");
+            return deny(walk, ctx, Who::of(request), DenyReason::Ambiguous, &detail);
         }
 
         let mut permit_fields = None;
@@ -142,33 +194,19 @@ impl KernelState {
             .filter(|_| !ctx.keyring.is_empty())
         {
             let tool = &call.name;
-            match &request.permit {
-                None => {
-                    return Ok(deny_permit(
-                        walk,
-                        ctx,
-                        &request,
-                        "MISSING_PERMIT".into(),
-                        vec!["MISSING_PERMIT".into()],
-                        None,
-                    ));
-                }
+            let (detail, reasons, token) = match &request.permit {
+                None => (None, vec!["MISSING_PERMIT".to_owned()], None),
                 Some(value) => match PermitToken::from_value(value) {
-                    None => {
-                        return Ok(deny_permit(
-                            walk,
-                            ctx,
-                            &request,
-                            "Permit verification failed: PERMIT_MALFORMED".into(),
-                            vec!["PERMIT_MALFORMED".into()],
-                            None,
-                        ));
-                    }
+                    None => (
+                        Some("PERMIT_MALFORMED".to_owned()),
+                        vec!["PERMIT_MALFORMED".to_owned()],
+                        None,
+                    ),
                     Some(token) => {
                         let empty = Map::new();
                         let check = token.verify(&PermitContext {
                             keyring: ctx.keyring,
-                            nonce_counts: &self.nonce_counts,
+                            nonce_counts: &self.state.nonce_counts,
                             now_ms: ctx.now_ms,
                             jurisdiction: ctx.jurisdiction,
                             allowed_tools: &policy.allowed_tools,
@@ -178,36 +216,39 @@ impl KernelState {
                         });
                         match check {
                             PermitCheck::Denied(reasons) => {
-                                let error =
-                                    format!("Permit verification failed: {}", reasons.join(", "));
-                                return Ok(deny_permit(
-                                    walk,
-                                    ctx,
-                                    &request,
-                                    error,
-                                    reasons,
-                                    Some(&token),
-                                ));
+                                (Some(reasons.join(", ")), reasons, Some(token))
                             }
-                            PermitCheck::Allowed => permit_fields = Some(token),
+                            PermitCheck::Allowed => {
+                                permit_fields = Some(token);
+                                (None, Vec::new(), None)
+                            }
                         }
                     }
                 },
+            };
+            if permit_fields.is_none() {
+                return deny_permit(walk, ctx, request, detail, reasons, token.as_ref());
             }
         }
 
-        walk.go(State::Arbitrating);
+        walk.go(State::Arbitrating)?;
         if variant.require_jurisdiction() {
-            let violations = policy.evaluate(&request);
+            let violations = policy.evaluate(request);
             if !violations.is_empty() {
-                let error = format!("Jurisdiction denied: {}", violations.join("; "));
-                return Ok(deny_request(walk, ctx, &request, error, Status::Rejected));
+                let detail = violations.join("; ");
+                return deny(
+                    walk,
+                    ctx,
+                    Who::of(request),
+                    DenyReason::Jurisdiction,
+                    &detail,
+                );
             }
         }
-        let unmet = variant.requirements(&request);
+        let unmet = variant.requirements(request);
         if !unmet.is_empty() {
-            let error = format!("Variant requirements not met: {}", unmet.join("; "));
-            return Ok(deny_request(walk, ctx, &request, error, Status::Rejected));
+            let detail = unmet.join("; ");
+            return deny(walk, ctx, Who::of(request), DenyReason::Variant, &detail);
         }
 
         let mut tool_result = None;
@@ -216,17 +257,17 @@ impl KernelState {
             .as_ref()
             .filter(|c| tools::runs_in_kernel(&c.name, request.external_tool, ctx.external_tools))
         {
-            walk.go(State::Executing);
+            walk.go(State::Executing)?;
             match tools::execute(&call.name, &call.params) {
                 Ok(result) => tool_result = Some(result),
                 Err(e) => {
-                    let error = format!("Tool execution failed: {e}");
-                    return Ok(deny_request(walk, ctx, &request, error, Status::Failed));
+                    let detail = e.to_string();
+                    return deny(walk, ctx, Who::of(request), DenyReason::ToolFailed, &detail);
                 }
             }
         }
-        walk.go(State::Auditing);
-        walk.go(State::Idle);
+        walk.go(State::Auditing)?;
+        walk.go(State::Idle)?;
         let mut body = EntryBody {
             ts_ms: ctx.now_ms,
             request_id: request.request_id.clone().into(),
@@ -257,73 +298,77 @@ impl KernelState {
     }
 }
 
-fn deny_request(
-    walk: Walk,
-    ctx: &DecideContext<'_>,
-    request: &Request,
-    error: String,
-    status: Status,
-) -> Decided {
-    let mut decided = deny(
-        walk,
-        ctx,
-        request.request_id.clone().into(),
-        request.actor.clone().into(),
-        request.intent.clone().into(),
-        error,
-        status,
-    );
-    // Ours: a call its caller runs (an MCP tools/call) names its tool even
-    // when denied, so every such call is an entry with its tool name; the
-    // library's requests keep the library's null.
-    if request.external_tool {
-        decided.body.tool_name = request.tool_call.as_ref().map(|c| c.name.clone());
+/// Who a denied entry is about: what can be said of the request.
+struct Who {
+    request_id: Text,
+    actor: Text,
+    intent: Text,
+    /// The tool the request asked for, if it names one.
+    tool_name: Option<String>,
+}
+
+impl Who {
+    fn of(request: &Request) -> Who {
+        Who {
+            request_id: request.request_id.clone().into(),
+            actor: request.actor.clone().into(),
+            intent: request.intent.clone().into(),
+            tool_name: request.tool_call.as_ref().map(|c| c.name.clone()),
+        }
     }
-    decided
 }
 
 fn deny(
     mut walk: Walk,
     ctx: &DecideContext<'_>,
-    request_id: Text,
-    actor: Text,
-    intent: Text,
-    error: String,
-    status: Status,
-) -> Decided {
-    walk.go_if_not(State::Auditing);
-    walk.go(State::Idle);
-    Decided {
+    who: Who,
+    reason: DenyReason,
+    detail: &str,
+) -> Result<Decided, Refusal> {
+    walk.go_if_not(State::Auditing)?;
+    walk.go(State::Idle)?;
+    let tool_name = match ctx.compat {
+        Compat::Native => who.tool_name,
+        Compat::Python => None,
+    };
+    Ok(Decided {
         body: EntryBody {
             ts_ms: ctx.now_ms,
-            request_id,
-            actor,
-            intent,
+            request_id: who.request_id,
+            actor: who.actor,
+            intent: who.intent,
             decision: "DENY".into(),
             state_from: State::Idle.as_str().into(),
             state_to: State::Idle.as_str().into(),
-            error: Some(error),
+            tool_name,
+            error: Some(reason.error(detail)),
             ..EntryBody::default()
         },
-        status,
+        status: reason.status(),
         tool_result: None,
-    }
+    })
 }
 
+/// A permit denial: `detail` is `None` for a missing permit (the library's
+/// bare `MISSING_PERMIT`).
 fn deny_permit(
     walk: Walk,
     ctx: &DecideContext<'_>,
     request: &Request,
-    error: String,
+    detail: Option<String>,
     reasons: Vec<String>,
     token: Option<&PermitToken>,
-) -> Decided {
-    let mut decided = deny_request(walk, ctx, request, error, Status::Rejected);
+) -> Result<Decided, Refusal> {
+    let (reason, detail) = match &detail {
+        None => (DenyReason::MissingPermit, ""),
+        Some(d) => (DenyReason::Permit, d.as_str()),
+    };
+    let mut decided = deny(walk, ctx, Who::of(request), reason, detail)?;
     decided.body.permit_verification = Some("DENY".into());
     decided.body.permit_denial_reasons = Some(reasons);
     if let Some(token) = token {
         decided.body.permit_digest = Some(token.permit_id.clone());
         decided.body.proposal_hash = Some(token.proposal_hash.clone());
     }
-    decided
+    Ok(decided)
 }

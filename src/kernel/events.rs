@@ -1,5 +1,5 @@
-//! Operational events: create, start, policy update, halt, recover, rotate,
-//! preserve — each an entry of the same chain as the decisions.
+//! Operational events: create, start, stop, policy update, halt, recover,
+//! rotate, preserve — each an entry of the same chain as the decisions.
 //!
 //! An event entry names the event in `tool_name` (`kernel.<event>`), the
 //! operator (or `SYSTEM`) in `actor`, says what and why in `intent`, and stores
@@ -15,10 +15,7 @@ use super::state::{KernelState, event};
 use super::variant::Variant;
 use crate::entry::EntryBody;
 
-/// Policy source of an update made by an operator through the API.
-pub const POLICY_FROM_API: &str = "api";
-/// Policy source of the service configuration (policy file or built-in).
-pub const POLICY_FROM_CONFIG: &str = "config";
+pub use super::state::event::{POLICY_FROM_API, POLICY_FROM_CONFIG};
 
 /// Why an operational event cannot happen now (nothing is recorded).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,6 +38,10 @@ pub enum EventError {
     /// The payload cannot be hashed (NaN/Infinity).
     #[error("payload cannot be hashed: {0}")]
     Unhashable(String),
+    /// A rotation manifest that does not continue the archive recorded so
+    /// far (range or link to the previous manifest).
+    #[error("the manifest does not continue the archive: {0}")]
+    Discontinuous(String),
 }
 
 fn event_body(
@@ -147,6 +148,28 @@ impl KernelState {
         )
     }
 
+    /// `kernel.stop`: the service stopped cleanly (after its last request
+    /// was answered). Recorded halted or not: it is an operational event,
+    /// not a decision, and changes no state.
+    pub fn stop_event(&self, now_ms: u64, reason: &str) -> Result<EntryBody, EventError> {
+        require_initialised(self)?;
+        require_reason(reason)?;
+        let payload = json!({
+            "reason": reason,
+            "starts": self.starts,
+            "state": self.state.as_str(),
+        });
+        event_body(
+            self,
+            now_ms,
+            event::STOP,
+            "SYSTEM",
+            format!("service stop: {reason}"),
+            self.state,
+            payload,
+        )
+    }
+
     /// `kernel.policy_update`: `policy` becomes active. `source` says where
     /// it came from: [`POLICY_FROM_API`] (an operator) or
     /// [`POLICY_FROM_CONFIG`] (the service's policy file, changed).
@@ -236,7 +259,10 @@ impl KernelState {
         )
     }
 
-    /// `kernel.rotate`: records an archived segment's manifest.
+    /// `kernel.rotate`: records an archived segment's manifest, which must
+    /// continue the archive: it starts right after the last recorded
+    /// rotation, ends within the ledger, names this kernel and links to the
+    /// last recorded manifest's SHA-256.
     pub fn rotate_event(
         &self,
         now_ms: u64,
@@ -244,8 +270,43 @@ impl KernelState {
         manifest: Value,
     ) -> Result<EntryBody, EventError> {
         require_initialised(self)?;
-        let from = manifest.get("from_seq").cloned().unwrap_or(Value::Null);
-        let to = manifest.get("to_seq").cloned().unwrap_or(Value::Null);
+        let broken = |why: String| Err(EventError::Discontinuous(why));
+        let seq = |key: &str| {
+            manifest
+                .get(key)
+                .and_then(Value::as_u64)
+                .ok_or_else(|| EventError::Discontinuous(format!("it has no {key}")))
+        };
+        let (from, to) = (seq("from_seq")?, seq("to_seq")?);
+        let next = self.last_rotation.as_ref().map_or(0, |r| r.to_seq + 1);
+        if from != next {
+            return broken(format!(
+                "it starts at entry {from}, but the archive continues at entry {next}"
+            ));
+        }
+        if to < from || to >= self.head.len {
+            return broken(format!(
+                "it ends at entry {to}, outside {from}..{} (the ledger's head)",
+                self.head.len
+            ));
+        }
+        if manifest.get("kernel_id").and_then(Value::as_str) != self.kernel_id.as_deref() {
+            return broken("it names another kernel".into());
+        }
+        if !manifest.get("root_hash").is_some_and(Value::is_string) {
+            return broken("it has no root_hash".into());
+        }
+        let prev = manifest.get("prev_manifest_sha256").and_then(Value::as_str);
+        let last = self
+            .last_rotation
+            .as_ref()
+            .map(|r| r.manifest_sha256.as_str());
+        if prev != last {
+            return broken(match last {
+                Some(last) => format!("it does not link to the last recorded manifest {last}"),
+                None => "it links to a manifest, but none is recorded".into(),
+            });
+        }
         event_body(
             self,
             now_ms,

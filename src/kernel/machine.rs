@@ -84,6 +84,20 @@ impl std::fmt::Display for State {
     }
 }
 
+/// A step the transition matrix does not allow: a bug in the decision
+/// code, never a consequence of input. The decision is refused (nothing is
+/// recorded) instead of panicking under the ledger's lock.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("illegal transition {from} -> {to} (after {path:?})")]
+pub struct IllegalTransition {
+    /// Where the walk was.
+    pub from: State,
+    /// Where it was told to go.
+    pub to: State,
+    /// The states visited before.
+    pub path: Vec<State>,
+}
+
 /// Follows a request through the machine, refusing illegal steps.
 #[derive(Debug, Clone)]
 pub struct Walk {
@@ -101,23 +115,26 @@ impl Walk {
         *self.path.last().expect("a walk is never empty")
     }
 
-    /// Moves to `to`; panics on an illegal step, which would be a bug in the
-    /// kernel's decision code, never a consequence of input.
-    pub fn go(&mut self, to: State) {
+    /// Moves to `to`, or answers why it may not.
+    pub fn go(&mut self, to: State) -> Result<(), IllegalTransition> {
         let from = self.current();
-        assert!(
-            from.can_transition(to),
-            "illegal transition {from} -> {to} in {:?}",
-            self.path
-        );
+        if !from.can_transition(to) {
+            return Err(IllegalTransition {
+                from,
+                to,
+                path: self.path.clone(),
+            });
+        }
         self.path.push(to);
+        Ok(())
     }
 
     /// Moves to `to` unless already there (the library's `_deny_request` idiom).
-    pub fn go_if_not(&mut self, to: State) {
+    pub fn go_if_not(&mut self, to: State) -> Result<(), IllegalTransition> {
         if self.current() != to {
-            self.go(to);
+            self.go(to)?;
         }
+        Ok(())
     }
 
     /// Every state visited, in order.
@@ -155,10 +172,10 @@ mod tests {
     #[test]
     fn a_walk_records_its_path() {
         let mut w = Walk::from(State::Idle);
-        w.go(State::Validating);
-        w.go(State::Auditing);
-        w.go_if_not(State::Auditing);
-        w.go(State::Idle);
+        w.go(State::Validating).unwrap();
+        w.go(State::Auditing).unwrap();
+        w.go_if_not(State::Auditing).unwrap();
+        w.go(State::Idle).unwrap();
         assert_eq!(
             w.path(),
             &[State::Idle, State::Validating, State::Auditing, State::Idle]
@@ -166,8 +183,14 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "illegal transition")]
-    fn an_illegal_step_is_refused() {
-        Walk::from(State::Idle).go(State::Executing);
+    fn an_illegal_step_is_refused_as_an_error() {
+        let mut w = Walk::from(State::Idle);
+        let err = w.go(State::Executing).unwrap_err();
+        assert_eq!((err.from, err.to), (State::Idle, State::Executing));
+        assert!(
+            err.to_string()
+                .starts_with("illegal transition IDLE -> EXECUTING")
+        );
+        assert_eq!(w.path(), &[State::Idle], "a refused step is not taken");
     }
 }

@@ -14,9 +14,11 @@
 //! * [`tools`] — built-in deterministic tools
 //! * [`machine`] — states and transitions
 //! * [`decide`] — the decision path
+//! * [`reason`] — why a request was denied, and the receipt status
 //! * [`events`] — operational events
 //! * [`outcome`] — what an externally run tool did (`kernel.outcome`)
 //! * [`state`] — the folded state
+//! * [`pysem`] — the Python value semantics (truthiness, whitespace, length) the checks need
 
 pub mod decide;
 pub mod events;
@@ -25,6 +27,7 @@ pub mod outcome;
 pub mod permit;
 pub mod policy;
 pub mod pysem;
+pub mod reason;
 pub mod request;
 pub mod state;
 pub mod tools;
@@ -33,12 +36,13 @@ pub mod variant;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use decide::{DecideContext, Decided, Refusal, Status};
+pub use decide::{Admitted, Compat, DecideContext, Decided, Refusal};
 pub use events::EventError;
 pub use machine::State;
 pub use permit::{Keyring, PermitToken};
 pub use policy::Policy;
-pub use request::{RawRequest, Request, ShapeError};
+pub use reason::{DenyReason, Status};
+pub use request::{RawRequest, Request, ShapeError, Submission};
 pub use state::{ApplyError, KernelState};
 pub use variant::Variant;
 
@@ -163,7 +167,7 @@ impl MemoryKernel {
         raw: &RawRequest,
         ctx: &DecideContext<'_>,
     ) -> Result<Receipt, Refusal> {
-        let decided = self.state.decide(raw, ctx)?;
+        let decided = self.state.decide(&Submission::new(raw), ctx)?;
         let Decided {
             body,
             status,

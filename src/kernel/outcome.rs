@@ -15,7 +15,7 @@ use super::state::KernelState;
 use crate::entry::{Entry, EntryBody};
 
 /// The event name of an outcome entry.
-pub const OUTCOME: &str = "kernel.outcome";
+pub use super::state::event::OUTCOME;
 
 /// Longest `error` text an outcome may carry (in characters).
 pub const MAX_ERROR_CHARS: usize = 4096;
@@ -165,20 +165,14 @@ impl KernelState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::{DecideContext, Keyring, MemoryKernel, Policy, RawRequest, Variant};
+    use crate::kernel::tests::ctx;
+    use crate::kernel::{MemoryKernel, Policy, RawRequest, Variant};
 
     fn kernel_with(request: Value) -> MemoryKernel {
         let policy =
             Policy::from_yaml("allowed_actors: [alice]\nallowed_tools: [gh.issue]\n").unwrap();
         let mut k = MemoryKernel::create("k-out", Variant::Strict, &policy, 1_000).unwrap();
-        let keyring = Keyring::new();
-        let ctx = DecideContext {
-            now_ms: 2_000,
-            keyring: &keyring,
-            jurisdiction: "default",
-            external_tools: &crate::kernel::decide::NO_EXTERNAL_TOOLS,
-        };
-        k.submit(&RawRequest::from_value(request).unwrap(), &ctx)
+        k.submit(&RawRequest::from_value(request).unwrap(), &ctx(2_000))
             .unwrap();
         k
     }

@@ -54,6 +54,23 @@ fn default_required_fields() -> BTreeSet<String> {
         .collect()
 }
 
+/// One field in which two policies differ.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PolicyChange {
+    /// The field's name.
+    pub field: &'static str,
+    /// Its value in the old policy (null when there was none).
+    pub old: Value,
+    /// Its value in the new policy.
+    pub new: Value,
+    /// For a set: the members the new policy adds.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub added: Vec<String>,
+    /// For a set: the members the new policy removes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
+}
+
 /// Why a policy document was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
@@ -113,6 +130,72 @@ impl Policy {
     /// Canonical hash of [`Policy::to_json`].
     pub fn hash(&self) -> String {
         crate::canonical::sha256_of(&self.to_json()).expect("a policy has no floats")
+    }
+
+    /// The fields of a policy, in the order they are shown.
+    pub const FIELDS: [&'static str; 6] = [
+        "allowed_actors",
+        "allowed_tools",
+        "require_tool_call",
+        "max_intent_length",
+        "max_param_bytes",
+        "required_fields",
+    ];
+
+    /// The fields a policy document leaves out: replacing a policy with it
+    /// sets them to their defaults (which may relax the policy).
+    pub fn missing_fields(doc: &Value) -> Vec<&'static str> {
+        Self::FIELDS
+            .into_iter()
+            .filter(|f| doc.get(f).is_none())
+            .collect()
+    }
+
+    /// Field by field, how `new` differs from `old` (every field of `new`
+    /// when there is no old policy).
+    pub fn diff(old: Option<&Policy>, new: &Policy) -> Vec<PolicyChange> {
+        let old_json = old.map(Policy::to_json).unwrap_or(Value::Null);
+        let new_json = new.to_json();
+        let members = |v: &Value| -> BTreeSet<String> {
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        Self::FIELDS
+            .into_iter()
+            .filter_map(|field| {
+                let (o, n) = (&old_json[field], &new_json[field]);
+                if o == n {
+                    return None;
+                }
+                let (added, removed) = if n.is_array() {
+                    let (om, nm) = (members(o), members(n));
+                    (
+                        nm.difference(&om).cloned().collect(),
+                        om.difference(&nm).cloned().collect(),
+                    )
+                } else {
+                    (Vec::new(), Vec::new())
+                };
+                Some(PolicyChange {
+                    field,
+                    old: o.clone(),
+                    new: n.clone(),
+                    added,
+                    removed,
+                })
+            })
+            .collect()
+    }
+
+    /// Whether no actor at all may submit (every request would be denied).
+    pub fn allows_no_actor(&self) -> bool {
+        self.allowed_actors.is_empty()
     }
 
     /// Whether `actor` is allowed.
@@ -205,6 +288,52 @@ mod tests {
         let err = Policy::from_json(&serde_json::json!({"max_intent_length": "ten"})).unwrap_err();
         assert!(err.to_string().contains("invalid type"), "{err}");
         assert!(Policy::from_yaml("max_param_bytes: -1\n").is_err());
+    }
+
+    #[test]
+    fn a_partial_document_shows_what_it_relaxes() {
+        let old = Policy::from_yaml(PLAYBOOK).unwrap();
+        let doc = serde_json::json!({"allowed_actors": ["agent-001", "agent-003"], "allowed_tools": ["search"]});
+        assert_eq!(
+            Policy::missing_fields(&doc),
+            [
+                "require_tool_call",
+                "max_intent_length",
+                "max_param_bytes",
+                "required_fields"
+            ]
+        );
+        let new = Policy::from_json(&doc).unwrap();
+        let changes = Policy::diff(Some(&old), &new);
+        let fields: Vec<&str> = changes.iter().map(|c| c.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "allowed_actors",
+                "allowed_tools",
+                "require_tool_call",
+                "max_intent_length"
+            ]
+        );
+        assert_eq!(changes[0].added, ["agent-003"]);
+        assert_eq!(changes[0].removed, ["agent-002"]);
+        assert_eq!(changes[1].removed, ["read_file", "write_file"]);
+        assert_eq!(
+            (&changes[2].old, &changes[2].new),
+            (&serde_json::json!(true), &serde_json::json!(false))
+        );
+        assert_eq!(
+            (&changes[3].old, &changes[3].new),
+            (&serde_json::json!(1000), &serde_json::json!(4096))
+        );
+        assert!(Policy::diff(Some(&old), &old).is_empty());
+        assert_eq!(Policy::diff(None, &old).len(), 6);
+        assert!(
+            Policy::from_yaml("allowed_tools: [x]\n")
+                .unwrap()
+                .allows_no_actor()
+        );
+        assert!(!old.allows_no_actor());
     }
 
     #[test]

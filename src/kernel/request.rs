@@ -5,7 +5,9 @@
 //! is not a request at all (not an object, unknown keys): that is a client
 //! error and never reaches the ledger. [`RawRequest::validate`] then applies
 //! the library's `validate_request`; its failures *are* decisions (DENY
-//! entries), exactly as in the library.
+//! entries), exactly as in the library. A [`Submission`] is a request
+//! validated once, carried from the edge (which may refuse an invalid one
+//! before anything is recorded) to the decision.
 
 use serde_json::{Map, Value};
 
@@ -58,8 +60,9 @@ pub struct ToolCall {
 pub struct Request {
     /// Caller's id for the request (non-empty).
     pub request_id: String,
-    /// Caller's timestamp (informational; entries use the kernel's clock).
-    pub ts_ms: Value,
+    /// Caller's timestamp as given (informational: entries carry the
+    /// kernel's clock); `None` when absent.
+    pub ts_ms: Option<Value>,
     /// Who is asking (non-empty).
     pub actor: String,
     /// What the actor wants, in words.
@@ -89,6 +92,42 @@ pub struct Invalid {
     pub actor: Text,
     /// `intent` as submitted.
     pub intent: Text,
+    /// `tool_call.name` when it is a non-empty string.
+    pub tool_name: Option<String>,
+}
+
+/// A request validated once: the object as submitted (its content hash is
+/// its identity for retries) and the outcome of [`RawRequest::validate`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Submission<'a> {
+    raw: &'a RawRequest,
+    checked: Result<Request, Box<Invalid>>,
+}
+
+impl<'a> Submission<'a> {
+    /// Validates `raw`.
+    pub fn new(raw: &'a RawRequest) -> Submission<'a> {
+        Submission {
+            raw,
+            checked: raw.validate(),
+        }
+    }
+
+    /// The object as submitted.
+    pub fn raw(&self) -> &'a RawRequest {
+        self.raw
+    }
+
+    /// The validated request, or why it is invalid.
+    pub fn checked(&self) -> Result<&Request, &Invalid> {
+        self.checked.as_ref().map_err(|invalid| &**invalid)
+    }
+}
+
+impl<'a> From<&'a RawRequest> for Submission<'a> {
+    fn from(raw: &'a RawRequest) -> Submission<'a> {
+        Submission::new(raw)
+    }
 }
 
 impl RawRequest {
@@ -126,17 +165,15 @@ impl RawRequest {
     /// NaN/Infinity).
     ///
     /// Missing fields take the defaults of the library's own CLI: ids and
-    /// texts `""`, `params` `{}`, and `ts_ms` the kernel's clock (`now_ms`).
-    pub fn validate(&self, now_ms: u64) -> Result<Request, Box<Invalid>> {
+    /// texts `""`, `params` `{}`; a missing `ts_ms` is valid (the library
+    /// fills in its clock; entries always carry the kernel's).
+    pub fn validate(&self) -> Result<Request, Box<Invalid>> {
         let get = |k: &str| self.object.get(k);
         let empty = Value::String(String::new());
         let request_id = get("request_id").unwrap_or(&empty);
         let actor = get("actor").unwrap_or(&empty);
         let intent = get("intent").unwrap_or(&empty);
-        let ts_ms = match get("ts_ms") {
-            None => Value::from(now_ms),
-            Some(v) => v.clone(),
-        };
+        let ts_ms = get("ts_ms");
         let default_params = Value::Object(Map::new());
         let params = get("params").unwrap_or(&default_params);
         let tool_call = get("tool_call").filter(|v| !v.is_null());
@@ -150,12 +187,12 @@ impl RawRequest {
         } else if !request_id.is_string() {
             errors.push("request_id must be a string".to_owned());
         }
-        if ts_ms.is_null() {
-            errors.push("ts_ms is required".to_owned());
-        } else if !pysem::is_int(&ts_ms) {
-            errors.push("ts_ms must be an integer".to_owned());
-        } else if is_negative(&ts_ms) {
-            errors.push("ts_ms must be non-negative".to_owned());
+        match ts_ms {
+            None => {}
+            Some(Value::Null) => errors.push("ts_ms is required".to_owned()),
+            Some(t) if !pysem::is_int(t) => errors.push("ts_ms must be an integer".to_owned()),
+            Some(t) if is_negative(t) => errors.push("ts_ms must be non-negative".to_owned()),
+            Some(_) => {}
         }
         if !pysem::truthy(actor) {
             errors.push("actor is required".to_owned());
@@ -212,11 +249,17 @@ impl RawRequest {
         }
 
         if !errors.is_empty() {
+            let tool_name = tool_call
+                .and_then(|call| call.get("name"))
+                .and_then(Value::as_str)
+                .filter(|name| !name.is_empty())
+                .map(str::to_owned);
             return Err(Box::new(Invalid {
                 errors,
                 request_id: Text(request_id.clone()),
                 actor: Text(actor.clone()),
                 intent: Text(intent.clone()),
+                tool_name,
             }));
         }
         let tool_call = tool_call.map(|call| {
@@ -232,7 +275,7 @@ impl RawRequest {
         });
         Ok(Request {
             request_id: request_id.as_str().expect("validated").to_owned(),
-            ts_ms,
+            ts_ms: ts_ms.cloned(),
             actor: actor.as_str().expect("validated").to_owned(),
             intent: intent.as_str().expect("validated").to_owned(),
             tool_call,
@@ -315,7 +358,7 @@ mod tests {
     use serde_json::json;
 
     fn validate(v: Value) -> Result<Request, Box<Invalid>> {
-        RawRequest::from_value(v).unwrap().validate(42)
+        RawRequest::from_value(v).unwrap().validate()
     }
 
     #[test]
@@ -323,7 +366,10 @@ mod tests {
         let r = validate(json!({"request_id": "r1", "actor": "a", "intent": "do",
             "tool_call": {"name": "echo", "params": {"text": "x"}}, "params": {"k": 1}, "evidence": "e"}))
         .unwrap();
-        assert_eq!(r.ts_ms, json!(42));
+        assert_eq!(r.ts_ms, None, "absent: entries carry the kernel's clock");
+        let given =
+            validate(json!({"request_id": "r1", "actor": "a", "intent": "do", "ts_ms": 42}));
+        assert_eq!(given.unwrap().ts_ms, Some(json!(42)));
         assert_eq!(r.tool_call.unwrap().params["text"], json!("x"));
         assert_eq!(r.evidence.as_deref(), Some("e"));
     }

@@ -15,6 +15,7 @@ use serde_json::Value;
 use super::machine::State;
 use super::permit::NonceCounts;
 use super::policy::Policy;
+use super::reason::DenyReason;
 use super::variant::Variant;
 use crate::entry::{Entry, GENESIS_HASH};
 
@@ -181,6 +182,30 @@ pub mod event {
     pub const PRESERVE: &str = "kernel.preserve";
     /// An operator recovered a halted kernel.
     pub const RECOVER: &str = "kernel.recover";
+
+    /// Policy source of an update made by an operator through the API.
+    pub const POLICY_FROM_API: &str = "api";
+    /// Policy source of the service configuration (policy file or built-in).
+    pub const POLICY_FROM_CONFIG: &str = "config";
+
+    /// The outcome of an externally run tool: an entry that shares its
+    /// decision's request id (see `kernel/outcome.rs`).
+    pub const OUTCOME: &str = "kernel.outcome";
+
+    /// The operational event `entry` records, if it is one: its request id
+    /// is the event's name (`kernel.*`, which agents may not use) and so is
+    /// its `tool_name`; or it is an outcome, which keeps its decision's
+    /// request id and carries the report as payload (no decision carries a
+    /// payload). (A denied agent request may name any tool, even a
+    /// `kernel.*` one; it is never an event.)
+    pub fn of(entry: &crate::entry::Entry) -> Option<&str> {
+        entry.tool_name.as_deref().filter(|t| {
+            t.starts_with("kernel.")
+                && (entry.request_id.as_str() == *t || (*t == OUTCOME && entry.payload.is_some()))
+        })
+    }
+    /// The service stopped cleanly (a crash leaves no such entry).
+    pub const STOP: &str = "kernel.stop";
 }
 
 impl KernelState {
@@ -224,28 +249,18 @@ impl KernelState {
             bump(&mut self.counters.by_event, "kernel.halt");
             return Ok(());
         }
-        if let Some(event) = entry
-            .tool_name
-            .as_deref()
-            .filter(|t| t.starts_with("kernel."))
-        {
+        if let Some(event) = event::of(entry) {
             bump(&mut self.counters.by_event, event);
             return self.fold_event(event, entry);
         }
         // A decision on an agent request.
         bump(&mut self.counters.by_decision, &entry.decision);
         let status = if entry.decision == "ALLOW" {
-            "ACCEPTED"
-        } else if entry
-            .error
-            .as_deref()
-            .is_some_and(|e| e.starts_with("Tool execution failed:") || e.starts_with("TOCTOU"))
-        {
-            "FAILED"
+            super::reason::Status::Accepted
         } else {
-            "REJECTED"
+            DenyReason::status_of_denial(entry.error.as_deref())
         };
-        bump(&mut self.counters.by_status, status);
+        bump(&mut self.counters.by_status, status.as_str());
         bump_capped(&mut self.counters.by_actor, &entry.actor.to_string());
         if entry.decision == "ALLOW"
             && let Some(tool) = &entry.tool_name
@@ -310,9 +325,7 @@ impl KernelState {
                 let policy = Policy::from_json(p.get("policy").unwrap_or(&Value::Null))
                     .map_err(|e| bad(&e.to_string()))?;
                 self.policy_hash = Some(policy.hash());
-                if p.get("source").and_then(Value::as_str)
-                    == Some(super::events::POLICY_FROM_CONFIG)
-                {
+                if p.get("source").and_then(Value::as_str) == Some(event::POLICY_FROM_CONFIG) {
                     self.configured_policy_hash = Some(policy.hash());
                 }
                 self.policy = Some(policy);
@@ -382,7 +395,7 @@ fn bump_capped(map: &mut BTreeMap<String, u64>, key: &str) {
 
 /// Serializes nonce counts as a list (JSON maps need string keys).
 mod nonce_counts_serde {
-    use super::NonceCounts;
+    use crate::kernel::permit::NonceCounts;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     #[derive(Serialize, Deserialize)]

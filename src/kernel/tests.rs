@@ -16,13 +16,15 @@ fn kernel(variant: Variant) -> MemoryKernel {
     MemoryKernel::create("k-test", variant, &policy(), 1_000).unwrap()
 }
 
-fn ctx(now_ms: u64) -> DecideContext<'static> {
+/// A decision context at `now_ms`: no permit keys, no external tools, native entries.
+pub(super) fn ctx(now_ms: u64) -> DecideContext<'static> {
     static EMPTY: std::sync::LazyLock<Keyring> = std::sync::LazyLock::new(Keyring::new);
     DecideContext {
         now_ms,
         keyring: &EMPTY,
         jurisdiction: "default",
         external_tools: &crate::kernel::decide::NO_EXTERNAL_TOOLS,
+        compat: Compat::Native,
     }
 }
 
@@ -81,7 +83,11 @@ fn when_a_request_breaks_policy_then_every_violation_is_listed() {
     );
     let e = &k.entries[1];
     assert_eq!(e.decision, "DENY");
-    assert_eq!((e.tool_name.as_ref(), e.params_hash.as_ref()), (None, None));
+    assert_eq!(
+        (e.tool_name.as_deref(), e.params_hash.as_ref()),
+        (Some("rm"), None),
+        "a denied entry names the tool it asked for"
+    );
 }
 
 #[test]
@@ -213,6 +219,7 @@ fn permits_are_required_verified_and_counted_by_replay() {
         keyring: &keyring,
         jurisdiction: "default",
         external_tools: &crate::kernel::decide::NO_EXTERNAL_TOOLS,
+        compat: Compat::Native,
     };
     let mut k = kernel(Variant::Strict);
     let token = PermitToken {
@@ -262,6 +269,141 @@ fn permits_are_required_verified_and_counted_by_replay() {
         replayed.entries.last().unwrap().permit_denial_reasons,
         Some(vec!["REPLAY_DETECTED".to_owned()])
     );
+}
+
+#[test]
+fn when_a_request_uses_a_reserved_id_then_the_kernel_refuses_it() {
+    let mut k = kernel(Variant::Strict);
+    for id in ["HALT", "kernel.recover", "kernel.x"] {
+        let raw =
+            RawRequest::from_value(json!({"request_id": id, "actor": "alice", "intent": "x"}))
+                .unwrap();
+        assert_eq!(
+            k.submit(&raw, &ctx(2_000)),
+            Err(Refusal::ReservedId(id.into()))
+        );
+    }
+    assert_eq!(k.entries.len(), 1, "nothing is recorded");
+    let r = submit(
+        &mut k,
+        json!({"request_id": "kernel", "actor": "alice", "intent": "x"}),
+        2_000,
+    );
+    assert_eq!(
+        r.decision, "ALLOW",
+        "only the exact reserved forms are refused"
+    );
+}
+
+#[test]
+fn when_a_denied_request_names_an_event_as_its_tool_then_replay_does_not_take_it_for_one() {
+    let mut k = kernel(Variant::Strict);
+    k.halt(2_000, "ops", "incident").unwrap();
+    k.record(k.state.recover_event(2_500, "ops", "fixed").unwrap());
+    let r = submit(
+        &mut k,
+        json!({"request_id": "sneaky", "actor": "mallory", "intent": "x",
+               "tool_call": {"name": "kernel.recover"}}),
+        3_000,
+    );
+    assert_eq!(r.decision, "DENY");
+    let e = k.entries.last().unwrap();
+    assert_eq!(e.tool_name.as_deref(), Some("kernel.recover"));
+    assert_eq!(state::event::of(e), None);
+    assert_eq!(k.state.session, 2, "the denial is no recovery");
+    assert_eq!(k.state.counters.by_event.get("kernel.recover"), Some(&1));
+    assert_eq!(k.state.counters.by_decision["DENY"], 1);
+    assert_eq!(KernelState::replay(&k.entries).unwrap(), k.state);
+}
+
+#[test]
+fn in_python_compat_a_denied_entry_has_no_tool_name() {
+    let mut k = kernel(Variant::Strict);
+    let raw = RawRequest::from_value(json!({"request_id": "d", "actor": "mallory", "intent": "x",
+        "tool_call": {"name": "rm"}}))
+    .unwrap();
+    let python = DecideContext {
+        compat: Compat::Python,
+        ..ctx(2_000)
+    };
+    let r = k.submit(&raw, &python).unwrap();
+    assert_eq!(r.decision, "DENY");
+    assert_eq!(k.entries.last().unwrap().tool_name, None);
+    // Invalid requests name their tool too when it has a usable name.
+    let raw = RawRequest::from_value(json!({"request_id": "v", "actor": "alice", "intent": null,
+        "tool_call": {"name": "echo"}}))
+    .unwrap();
+    k.submit(&raw, &ctx(2_001)).unwrap();
+    assert_eq!(k.entries.last().unwrap().tool_name.as_deref(), Some("echo"));
+}
+
+fn manifest(k: &MemoryKernel, from: u64, to: u64, prev: Option<&str>) -> Value {
+    json!({"kernel_id": k.state.kernel_id, "from_seq": from, "to_seq": to,
+           "root_hash": k.entries.get(to as usize).map_or("beyond", |e| e.entry_hash.as_str()),
+           "prev_manifest_sha256": prev})
+}
+
+#[test]
+fn a_rotation_must_continue_the_archive() {
+    let mut k = kernel(Variant::Strict);
+    for i in 0..4 {
+        submit(
+            &mut k,
+            json!({"request_id": format!("r{i}"), "actor": "alice", "intent": "x"}),
+            2_000,
+        );
+    }
+    let discontinuous = |r: Result<crate::entry::EntryBody, EventError>| {
+        matches!(r, Err(EventError::Discontinuous(_)))
+    };
+    // The first one starts at 0, links to nothing, ends within the ledger.
+    assert!(discontinuous(k.state.rotate_event(
+        3_000,
+        "SYSTEM",
+        manifest(&k, 1, 2, None)
+    )));
+    assert!(discontinuous(k.state.rotate_event(
+        3_000,
+        "SYSTEM",
+        manifest(&k, 0, 9, None)
+    )));
+    assert!(discontinuous(k.state.rotate_event(
+        3_000,
+        "SYSTEM",
+        manifest(&k, 0, 2, Some("ab"))
+    )));
+    let mut other = manifest(&k, 0, 2, None);
+    other["kernel_id"] = json!("someone-else");
+    assert!(discontinuous(k.state.rotate_event(3_000, "SYSTEM", other)));
+    let first = manifest(&k, 0, 2, None);
+    k.record(
+        k.state
+            .rotate_event(3_000, "SYSTEM", first.clone())
+            .unwrap(),
+    );
+    let first_sha = crate::canonical::sha256_of(&first).unwrap();
+    // The next one starts right after and links to the first.
+    assert!(discontinuous(k.state.rotate_event(
+        3_001,
+        "SYSTEM",
+        manifest(&k, 0, 4, Some(&first_sha))
+    )));
+    assert!(discontinuous(k.state.rotate_event(
+        3_001,
+        "SYSTEM",
+        manifest(&k, 3, 4, None)
+    )));
+    assert!(discontinuous(k.state.rotate_event(
+        3_001,
+        "SYSTEM",
+        manifest(&k, 3, 4, Some("x"))
+    )));
+    let body = k
+        .state
+        .rotate_event(3_001, "SYSTEM", manifest(&k, 3, 4, Some(&first_sha)))
+        .unwrap();
+    k.record(body);
+    assert_eq!(k.state.last_rotation.as_ref().unwrap().to_seq, 4);
 }
 
 fn arb_step() -> impl Strategy<Value = Value> {

@@ -163,7 +163,7 @@ mod tests {
         for (k, val) in extra.as_object().unwrap() {
             v[k] = val.clone();
         }
-        RawRequest::from_value(v).unwrap().validate(0).unwrap()
+        RawRequest::from_value(v).unwrap().validate().unwrap()
     }
 
     #[test]

@@ -3,10 +3,12 @@
 //!
 //! Deciding threads only queue their entry (and a waiter) in the `queue`,
 //! inside the core lock. The flusher takes only the queue's lock (never the
-//! core's, which deciders contend for): it swaps the whole pending batch out, hands
-//! it to the store in one atomic append, and commits (the store's commit
+//! core's, which deciders contend for): it swaps the whole pending batch out,
+//! indexes its request records, hands it to the store in one atomic append
+//! (entries, request records, and with a checkpoint the state and the
+//! request-id fingerprints not stored yet), and commits (the store's commit
 //! point: write + fdatasync of the write-ahead log); then it wakes every
-//! waiter of the batch. While it writes, the next batch fills, so a busy
+//! waiter of the batch and notes the head beside the store. While it writes, the next batch fills, so a busy
 //! kernel makes few, large commits. When the last batch was not small, the
 //! flusher also lingers [`COMMIT_LINGER`] before it takes the next one:
 //! every commit costs the machine a `write` + `fdatasync` (about 100 µs of
@@ -26,7 +28,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::{Inner, Ledger, Pending, Waiter};
+use super::core::{Inner, Pending, Waiter};
+use crate::store::{Append, meta};
 
 fn fail(waiters: Vec<Waiter>, reason: &str) {
     for w in waiters {
@@ -43,14 +46,13 @@ const LINGER_FROM: usize = 4;
 
 /// Runs until the ledger shuts down (after committing what is pending).
 pub(crate) fn run(inner: Arc<Inner>) {
-    let ledger = Ledger { inner };
-    let inner = &ledger.inner;
+    let inner = &inner;
     let mut last_batch = 0usize;
     loop {
         let batch: Pending = {
-            let mut queue = inner.queue.lock().unwrap_or_else(|p| p.into_inner());
+            let mut queue = inner.lock_queue();
             while queue.pending.is_empty() && !queue.shutdown {
-                queue = inner.work.wait(queue).unwrap_or_else(|p| p.into_inner());
+                queue = queue.wait(&inner.work);
             }
             if queue.pending.is_empty() && queue.shutdown {
                 return;
@@ -58,11 +60,7 @@ pub(crate) fn run(inner: Arc<Inner>) {
             if last_batch >= LINGER_FROM && !queue.shutdown {
                 // Busy: let the batch grow (nothing notifies a non-empty
                 // batch, so this sleeps the whole linger unless shut down).
-                queue = inner
-                    .work
-                    .wait_timeout(queue, COMMIT_LINGER)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
+                queue = queue.wait_timeout(&inner.work, COMMIT_LINGER);
             }
             last_batch = queue.pending.entries.len();
             std::mem::take(&mut queue.pending)
@@ -71,6 +69,7 @@ pub(crate) fn run(inner: Arc<Inner>) {
             entries,
             requests,
             checkpoint,
+            side: carried,
             waiters,
         } = batch;
         if let Some(reason) = inner
@@ -83,18 +82,35 @@ pub(crate) fn run(inner: Arc<Inner>) {
             continue;
         }
         let started = Instant::now();
-        let result = inner
-            .store
-            .append(&entries, &requests, checkpoint)
-            .and_then(|()| {
-                // The store answers for these ids now: deciders may forget them.
-                if let Some(last) = entries.last() {
-                    inner
-                        .appended_len
-                        .fetch_max(last.ledger_seq + 1, Ordering::AcqRel);
-                }
-                inner.store.commit()
-            });
+        // The index answers for the batch's ids from here on (and until the
+        // append below, the deciders' `Unappended` does too).
+        let end = entries.last().map(|e| e.ledger_seq + 1);
+        let (side, fingerprints_to) =
+            inner
+                .requests
+                .side_records(&requests, end, checkpoint.is_some());
+        // Carried records first: a later value for the same key wins.
+        let mut all_side = carried;
+        all_side.extend(side);
+        let append = Append {
+            entries: &entries,
+            side: all_side,
+            meta: checkpoint
+                .map(|cp| vec![(meta::CHECKPOINT, cp)])
+                .unwrap_or_default(),
+        };
+        let result = inner.store.append(append).and_then(|()| {
+            if let Some(to) = fingerprints_to {
+                inner.requests.stored_through(to);
+            }
+            // The store answers for these ids now: deciders may forget them.
+            if let Some(last) = entries.last() {
+                inner
+                    .appended_len
+                    .fetch_max(last.ledger_seq + 1, Ordering::AcqRel);
+            }
+            inner.store.commit()
+        });
         inner
             .metrics
             .commit_seconds
@@ -115,12 +131,17 @@ pub(crate) fn run(inner: Arc<Inner>) {
                 for w in waiters {
                     let _ = w.send(Ok(()));
                 }
+                if let (Some(dir), Some(last)) = (&inner.datadir, entries.last())
+                    && let Err(e) = dir.note_commit(last.ledger_seq + 1, &last.entry_hash)
+                {
+                    tracing::warn!(error = %e, "could not note the last commit beside the store");
+                }
                 refresh_durable_head(inner, inner.durable_len.load(Ordering::Acquire));
             }
             Err(e) => {
                 inner.metrics.commit_failures.inc();
                 let reason = format!("commit failed: {e}");
-                ledger.poison(reason.clone());
+                inner.poison(reason.clone());
                 fail(waiters, &reason);
             }
         }

@@ -1,29 +1,38 @@
-//! Opening a ledger: the data dir, the store, the checks, the state.
+//! Opening a ledger: the storage, the checks, the state.
 //!
-//! In order: lock the data dir and check its format; open sled; check the
-//! store is not shorter than the durable head recorded beside it; verify the
-//! stored chain (every entry by default — one SHA-256 per entry over its
-//! stored preimage, in parallel — or only from the last checkpoint); rebuild
-//! the state from the last valid checkpoint plus the entries after it. Any
+//! In order: for a data dir, lock it and check its format (upgrading an
+//! older one), and open sled; check the store against every trace of a
+//! longer ledger ([`super::traces`]); verify the stored chain (every entry
+//! by default — one SHA-256 per entry over its stored preimage, in parallel
+//! — or only from the last checkpoint); rebuild the state from the last
+//! valid checkpoint plus the entries after it, and the request index. Any
 //! broken entry stops the open with its seq: the service refuses to start.
 //! Then, for a service: the first start writes `kernel.create`, later starts
 //! write `kernel.start`, and a changed policy file is recorded as a
 //! `kernel.policy_update` by SYSTEM.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
-use crate::chain::{ChainError, VerifyReport};
+use super::checkpoint;
+use super::clock::Clock;
+use super::commit;
+use super::core::{Core, Inner, Queue};
+use super::error::LedgerError;
+use super::handle::Ledger;
+use super::requests::Requests;
+use super::traces::{self, KnownHead};
 use crate::entry::{EntryBody, GENESIS_HASH};
 use crate::kernel::permit::Keyring;
 use crate::kernel::{EventError, KernelState, Policy, Variant};
 use crate::metrics::Metrics;
 use crate::store::datadir::DataDir;
-use crate::store::record;
+use crate::store::memory::MemoryStore;
 use crate::store::sled_store::{SledOptions, SledStore};
-use crate::store::{LedgerStore, StoreError, meta};
+use crate::store::{Append, LedgerStore, StoreError, meta};
 
-use super::{Checkpoint, Clock, Core, Inner, Ledger, LedgerError, Queue, report};
+pub use super::verify::{verify_data_dir, verify_store};
 
 /// How much of the stored chain is verified on open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +73,10 @@ pub struct LedgerOptions {
     pub software_version: String,
     /// Verification on open.
     pub verify: VerifyOnOpen,
+    /// Heads the ledger is known to have reached, besides the traces kept
+    /// beside the store (the hook for the newest archived manifest and a
+    /// signed checkpoint): a store shorter than one is refused.
+    pub known_heads: Vec<KnownHead>,
 }
 
 impl LedgerOptions {
@@ -83,6 +96,7 @@ impl LedgerOptions {
             record_start: false,
             software_version: env!("CARGO_PKG_VERSION").into(),
             verify: VerifyOnOpen::Full,
+            known_heads: Vec::new(),
         }
     }
 
@@ -99,14 +113,45 @@ impl LedgerOptions {
     }
 }
 
-pub(crate) fn encode_checkpoint(state: &KernelState) -> Vec<u8> {
-    serde_json::to_vec(&Checkpoint {
-        version: super::CHECKPOINT_VERSION,
-        len: state.head.len,
-        hash: state.head.hash.clone(),
-        state: state.clone(),
-    })
-    .expect("states serialize")
+/// Where a ledger lives: a data dir (sled, the service's storage) or any
+/// store (e.g. a [`MemoryStore`] in tests).
+#[derive(Clone)]
+pub enum Storage {
+    /// A data dir: locked, format-checked, with sled inside and the traces
+    /// of its length beside it.
+    Dir(PathBuf),
+    /// A store on its own (no data dir: no lock, no traces beside it).
+    Store(Arc<dyn LedgerStore>),
+}
+
+impl From<&Path> for Storage {
+    fn from(path: &Path) -> Storage {
+        Storage::Dir(path.to_owned())
+    }
+}
+
+impl From<&PathBuf> for Storage {
+    fn from(path: &PathBuf) -> Storage {
+        Storage::Dir(path.clone())
+    }
+}
+
+impl From<PathBuf> for Storage {
+    fn from(path: PathBuf) -> Storage {
+        Storage::Dir(path)
+    }
+}
+
+impl From<MemoryStore> for Storage {
+    fn from(store: MemoryStore) -> Storage {
+        Storage::Store(Arc::new(store))
+    }
+}
+
+impl From<Arc<dyn LedgerStore>> for Storage {
+    fn from(store: Arc<dyn LedgerStore>) -> Storage {
+        Storage::Store(store)
+    }
 }
 
 fn corrupt(seq: u64, message: impl Into<String>) -> LedgerError {
@@ -117,46 +162,47 @@ fn corrupt(seq: u64, message: impl Into<String>) -> LedgerError {
 }
 
 impl Ledger {
-    /// Opens the ledger in `path` (see the module doc for the steps).
+    /// Opens the ledger in `storage` — a data dir path or a store (see the
+    /// module doc for the steps).
     pub fn open(
-        path: &std::path::Path,
+        storage: impl Into<Storage>,
         options: LedgerOptions,
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> Result<Ledger, LedgerError> {
-        let datadir = DataDir::open(path, options.create)?;
-        let store = SledStore::open(&datadir.ledger_path(), &options.sled)?;
-        let store: Arc<dyn LedgerStore> = Arc::new(store);
+        let (store, datadir, what): (Arc<dyn LedgerStore>, Option<DataDir>, String) =
+            match storage.into() {
+                Storage::Dir(path) => {
+                    let datadir = DataDir::open(&path, options.create)?;
+                    let store = SledStore::open(&datadir.ledger_path(), &options.sled)?;
+                    (
+                        Arc::new(store),
+                        Some(datadir),
+                        format!("data dir {}", path.display()),
+                    )
+                }
+                Storage::Store(store) => (store, None, "the store".to_owned()),
+            };
         let len = store.len()?;
 
-        if let Some((durable_len, hash)) = datadir.durable_head()? {
-            if len < durable_len {
-                return Err(corrupt(
-                    len,
-                    format!(
-                        "the store has {len} entries but {durable_len} were durable: entries {len}..{} are missing",
-                        durable_len - 1
-                    ),
-                ));
-            }
-            let stored = store
-                .get(durable_len - 1)?
-                .ok_or_else(|| corrupt(durable_len - 1, "entry is missing"))?;
-            let parts =
-                record::split(&stored).map_err(|e| corrupt(durable_len - 1, e.to_string()))?;
-            if hex::encode(parts.entry_hash) != hash {
-                return Err(corrupt(
-                    durable_len - 1,
-                    "entry hash differs from the durable head recorded beside the store",
-                ));
-            }
+        // Traces of a longer ledger: beside the store, the checkpoint, the caller's.
+        let mut heads = match &datadir {
+            Some(dir) => traces::of_data_dir(dir)?,
+            None => Vec::new(),
+        };
+        heads.extend(super::verify::checkpoint_head(store.as_ref())?);
+        heads.extend(options.known_heads.iter().cloned());
+        if let Some(first) = traces::check(store.as_ref(), len, &heads)?
+            .into_iter()
+            .next()
+        {
+            return Err(corrupt(first.index.unwrap_or(len), first.message));
         }
 
         match (store.meta(meta::KERNEL_ID)?, &options.kernel_id) {
             (Some(stored), Some(wanted)) if stored != wanted.as_bytes() => {
                 return Err(LedgerError::Mismatch(format!(
-                    "data dir {} belongs to kernel '{}', not '{wanted}'",
-                    path.display(),
+                    "{what} belongs to kernel '{}', not '{wanted}'",
                     String::from_utf8_lossy(&stored)
                 )));
             }
@@ -164,38 +210,11 @@ impl Ledger {
         }
 
         // The last checkpoint, if it matches the chain.
-        let checkpoint: Option<Checkpoint> = match store.meta(meta::CHECKPOINT)? {
-            Some(bytes) => match serde_json::from_slice::<Checkpoint>(&bytes) {
-                Ok(cp)
-                    if cp.version == super::CHECKPOINT_VERSION
-                        && cp.len <= len
-                        && cp.len > 0
-                        && cp.state.head.len == cp.len
-                        && cp.state.head.hash == cp.hash =>
-                {
-                    let stored_hash = store
-                        .get(cp.len - 1)?
-                        .and_then(|b| record::split(&b).ok().map(|p| hex::encode(p.entry_hash)));
-                    if stored_hash.as_deref() == Some(cp.hash.as_str()) {
-                        Some(cp)
-                    } else {
-                        tracing::warn!(
-                            len = cp.len,
-                            "state checkpoint does not match the chain; replaying from genesis"
-                        );
-                        None
-                    }
-                }
-                Ok(_) => {
-                    tracing::warn!("state checkpoint is inconsistent; replaying from genesis");
-                    None
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "state checkpoint is unreadable; replaying from genesis");
-                    None
-                }
-            },
-            None => None,
+        let checkpoint = match checkpoint::stored(store.as_ref())? {
+            Some(cp) if cp.len <= len && checkpoint::matches_chain(store.as_ref(), &cp)? => {
+                Some(cp)
+            }
+            _ => None,
         };
         let (mut state, from) = match checkpoint {
             Some(cp) => (cp.state, cp.len),
@@ -235,18 +254,22 @@ impl Ledger {
                 .map_err(|e| corrupt(seq, e.to_string()))?;
         }
 
+        let (requests, stale) = Requests::load(store.as_ref(), len)?;
         let core = Core {
             last_checkpoint_len: from,
             state,
-            unsynced: Default::default(),
+            unappended: Default::default(),
         };
+        let mut queue = Queue::default();
+        queue.pending.side = stale;
         let ledger = Ledger {
             inner: Arc::new(Inner {
                 store,
-                datadir: Some(datadir),
+                datadir,
                 core: Mutex::new(core),
-                queue: Mutex::new(Queue::default()),
+                queue: Mutex::new(queue),
                 work: Condvar::new(),
+                requests,
                 appended_len: AtomicU64::new(len),
                 durable_len: AtomicU64::new(len),
                 durable_head_file_len: AtomicU64::new(0),
@@ -266,35 +289,34 @@ impl Ledger {
             let (Some(id), Some(variant), true) =
                 (&options.kernel_id, options.variant, options.create)
             else {
-                return Err(LedgerError::Mismatch(format!(
-                    "data dir {} holds no ledger yet",
-                    path.display()
-                )));
+                return Err(LedgerError::Mismatch(format!("{what} holds no ledger yet")));
             };
             let policy = options
                 .policy
                 .clone()
                 .unwrap_or_else(|| Policy::default_for(variant));
-            ledger.store().set_meta(
-                meta::FORMAT,
-                crate::STORAGE_FORMAT_VERSION.to_string().as_bytes(),
-            )?;
-            ledger.store().set_meta(meta::KERNEL_ID, id.as_bytes())?;
-            ledger
-                .record_now(|state, now| state.create_event(now, "SYSTEM", id, variant, &policy))?;
+            let meta = vec![
+                (
+                    meta::FORMAT,
+                    crate::STORAGE_FORMAT_VERSION.to_string().into_bytes(),
+                ),
+                (meta::KERNEL_ID, id.as_bytes().to_vec()),
+            ];
+            ledger.record_now(meta, |state, now| {
+                state.create_event(now, "SYSTEM", id, variant, &policy)
+            })?;
         } else {
             let state = ledger.state();
             if let (Some(wanted), Some(have)) = (options.variant, state.variant)
                 && wanted != have
             {
                 return Err(LedgerError::Mismatch(format!(
-                    "data dir {} holds a {have} kernel, but the configuration asks for {wanted}",
-                    path.display()
+                    "{what} holds a {have} kernel, but the configuration asks for {wanted}"
                 )));
             }
             if options.record_start {
                 let version = options.software_version.clone();
-                ledger.record_now(|state, now| state.start_event(now, &version))?;
+                ledger.record_now(Vec::new(), |state, now| state.start_event(now, &version))?;
             }
             // The configured policy applies when it differs from the one last
             // taken from the configuration — not from the active policy, which
@@ -303,7 +325,7 @@ impl Ledger {
                 && state.configured_policy_hash.as_deref() != Some(policy.hash().as_str())
             {
                 let reason = format!("policy file changed: {}", options.policy_source);
-                ledger.record_now(|state, now| {
+                ledger.record_now(Vec::new(), |state, now| {
                     state.policy_update_event(
                         now,
                         "SYSTEM",
@@ -331,7 +353,7 @@ impl Ledger {
         let inner = ledger.inner.clone();
         let flusher = std::thread::Builder::new()
             .name("kernels-commit".into())
-            .spawn(move || super::commit::run(inner))
+            .spawn(move || commit::run(inner))
             .map_err(StoreError::Io)?;
         *ledger
             .inner
@@ -345,6 +367,7 @@ impl Ledger {
     /// before the flusher runs).
     fn record_now(
         &self,
+        meta: Vec<(&'static str, Vec<u8>)>,
         build: impl FnOnce(&KernelState, u64) -> Result<EntryBody, EventError>,
     ) -> Result<(), LedgerError> {
         let mut core = self.lock_core();
@@ -356,12 +379,29 @@ impl Ledger {
             after
                 .apply(&entry)
                 .expect("a sealed entry continues the chain");
-            encode_checkpoint(&after)
+            checkpoint::encode(&after)
         };
-        self.inner
-            .store
-            .append(std::slice::from_ref(&entry), &[], Some(cp))?;
+        // As the flusher appends a batch with a checkpoint (and whatever
+        // opening found to carry), but synchronously.
+        let carried = std::mem::take(&mut self.inner.lock_queue().pending.side);
+        let end = entry.ledger_seq + 1;
+        let (side, fingerprints_to) = self.inner.requests.side_records(&[], Some(end), true);
+        let mut all_side = carried;
+        all_side.extend(side);
+        let mut meta = meta;
+        meta.push((crate::store::meta::CHECKPOINT, cp));
+        self.inner.store.append(Append {
+            entries: std::slice::from_ref(&entry),
+            side: all_side,
+            meta,
+        })?;
+        if let Some(to) = fingerprints_to {
+            self.inner.requests.stored_through(to);
+        }
         self.inner.store.commit()?;
+        if let Some(dir) = &self.inner.datadir {
+            dir.note_commit(end, &entry.entry_hash)?;
+        }
         core.state
             .apply(&entry)
             .expect("a sealed entry continues the chain");
@@ -374,183 +414,4 @@ impl Ledger {
             .store(entry.ledger_seq + 1, Ordering::Release);
         Ok(())
     }
-}
-
-/// Verifies every stored entry of the data dir at `path`, reporting every
-/// problem (unlike opening, which stops at the first).
-pub fn verify_data_dir(path: &std::path::Path) -> Result<VerifyReport, LedgerError> {
-    let datadir = DataDir::open(path, false)?;
-    let store = SledStore::open(&datadir.ledger_path(), &SledOptions::default())?;
-    let len = store.len()?;
-    let mut report = verify_store(&store, 0, len, GENESIS_HASH);
-    if let Some((durable_len, _)) = datadir.durable_head()?
-        && len < durable_len
-    {
-        report.errors.push(ChainError {
-            index: Some(len),
-            message: format!(
-                "entries {len}..{} were durable but are missing",
-                durable_len - 1
-            ),
-        });
-        report.valid = false;
-    }
-    Ok(report)
-}
-
-/// Verifies stored entries `from..to`, whose first must link to `anchor`:
-/// every entry's hash recomputed from its stored preimage, every link, every
-/// seq, every payload. Runs in parallel over sub-ranges; reports every error.
-pub fn verify_store<S: LedgerStore + ?Sized>(
-    store: &S,
-    from: u64,
-    to: u64,
-    anchor: &str,
-) -> VerifyReport {
-    if from >= to {
-        return report(0, anchor.to_owned(), Vec::new());
-    }
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, 8) as u64;
-    let span = (to - from).div_ceil(threads).max(1);
-    let ranges: Vec<(u64, u64)> = (0..threads)
-        .map(|i| (from + i * span, (from + (i + 1) * span).min(to)))
-        .filter(|(a, b)| a < b)
-        .collect();
-    let results: Vec<RangeCheck> = std::thread::scope(|scope| {
-        let handles: Vec<_> = ranges
-            .iter()
-            .map(|&(a, b)| scope.spawn(move || check_range(store, a, b)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| RangeCheck::failed()))
-            .collect()
-    });
-    let mut errors = Vec::new();
-    let mut expected_prev = anchor.to_owned();
-    let mut count = 0;
-    let mut root = anchor.to_owned();
-    for (range, check) in ranges.iter().zip(results) {
-        if let Some(first_prev) = &check.first_prev
-            && *first_prev != expected_prev
-        {
-            errors.push(ChainError {
-                index: Some(range.0),
-                message: format!(
-                    "prev_hash does not link to entry {}",
-                    range.0.wrapping_sub(1)
-                ),
-            });
-        }
-        errors.extend(check.errors);
-        count += check.count;
-        if let Some(last) = check.last_hash {
-            expected_prev = hex::encode(last);
-            root = expected_prev.clone();
-        }
-    }
-    report(count, root, errors)
-}
-
-struct RangeCheck {
-    first_prev: Option<String>,
-    last_hash: Option<[u8; 32]>,
-    count: u64,
-    errors: Vec<ChainError>,
-}
-
-impl RangeCheck {
-    fn failed() -> RangeCheck {
-        RangeCheck {
-            first_prev: None,
-            last_hash: None,
-            count: 0,
-            errors: vec![ChainError {
-                index: None,
-                message: "verification thread failed".into(),
-            }],
-        }
-    }
-}
-
-fn check_range<S: LedgerStore + ?Sized>(store: &S, from: u64, to: u64) -> RangeCheck {
-    let mut out = RangeCheck {
-        first_prev: None,
-        last_hash: None,
-        count: 0,
-        errors: Vec::new(),
-    };
-    let mut expected_seq = from;
-    let mut prev: Option<[u8; 32]> = None;
-    let err = |seq: u64, message: String| ChainError {
-        index: Some(seq),
-        message,
-    };
-    for item in store.scan(from, to) {
-        let (key_seq, bytes) = match item {
-            Ok(x) => x,
-            Err(e) => {
-                out.errors
-                    .push(err(expected_seq, format!("unreadable: {e}")));
-                break;
-            }
-        };
-        if key_seq != expected_seq {
-            out.errors.push(err(
-                expected_seq,
-                format!("entries {expected_seq}..{key_seq} are missing"),
-            ));
-        }
-        out.count += 1;
-        match record::split(&bytes) {
-            Err(e) => {
-                out.errors.push(err(key_seq, e.to_string()));
-                prev = None;
-            }
-            Ok(parts) => {
-                if parts.seq != key_seq {
-                    out.errors
-                        .push(err(key_seq, format!("stored ledger_seq is {}", parts.seq)));
-                }
-                match prev {
-                    None if out.count == 1 => out.first_prev = Some(hex::encode(parts.prev_hash)),
-                    Some(p) if p != *parts.prev_hash => out.errors.push(err(
-                        key_seq,
-                        "prev_hash does not link to the previous entry".into(),
-                    )),
-                    _ => {}
-                }
-                if parts.computed_hash() != *parts.entry_hash {
-                    out.errors.push(err(
-                        key_seq,
-                        "entry_hash does not match the entry's contents".into(),
-                    ));
-                }
-                if !parts.payload.is_empty() {
-                    match record::decode_entry(&bytes) {
-                        Ok(e) if e.payload_matches() == Some(Ok(true)) => {}
-                        Ok(_) => out
-                            .errors
-                            .push(err(key_seq, "payload does not match params_hash".into())),
-                        Err(e) => out.errors.push(err(key_seq, e.to_string())),
-                    }
-                } else if std::str::from_utf8(parts.preimage).is_err() {
-                    out.errors
-                        .push(err(key_seq, "hashed fields are not UTF-8".into()));
-                }
-                prev = Some(*parts.entry_hash);
-                out.last_hash = Some(*parts.entry_hash);
-            }
-        }
-        expected_seq = key_seq + 1;
-    }
-    if expected_seq < to && out.errors.is_empty() {
-        out.errors.push(err(
-            expected_seq,
-            format!("entries {expected_seq}..{to} are missing"),
-        ));
-    }
-    out
 }

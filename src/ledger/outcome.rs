@@ -15,8 +15,8 @@ use super::{Durable, Ledger, LedgerError};
 use crate::entry::Entry;
 use crate::kernel::outcome::{OUTCOME, OutcomeError, OutcomeReport};
 use crate::kernel::{Receipt, Status};
-use crate::store::StoreError;
-use crate::store::record::{self, RequestRecord};
+use crate::store::request_records::RequestRecord;
+use crate::store::{LedgerStore, StoreError, record};
 
 /// Why an outcome was not recorded.
 #[derive(Debug, thiserror::Error)]
@@ -72,33 +72,28 @@ impl Ledger {
     ) -> Result<(RecordedOutcome, Durable), RecordOutcomeError> {
         let key = index_key(&report.request_id);
         let hash = report.hash();
-        let mut core = self.lock_core();
+        let mut guard = self.lock_core();
         self.check_open()?;
-        core.unsynced
-            .prune(self.inner.appended_len.load(Ordering::Acquire));
+        let core = &mut *guard;
+        let store = self.inner.store.as_ref();
+        // Both lookups run under the core lock (the locked core's
+        // `Unappended`), so that a second report cannot overtake the first.
+        let appended = self.inner.appended_len.load(Ordering::Acquire);
 
         // Recorded before?
-        let prior = match core.unsynced.by_id.get(&key) {
-            Some((h, receipt)) => {
-                Some((h.clone(), receipt.ledger_seq, receipt.evidence_hash.clone()))
-            }
-            None => match self.inner.store.request(&key)? {
-                Some(rec) => {
-                    let entry = self.stored_entry(rec.seq)?;
-                    Some((rec.content_hash, rec.seq, entry.entry_hash))
-                }
-                None => None,
-            },
-        };
-        if let Some((prior_hash, seq, entry_hash)) = prior {
+        let prior = self
+            .inner
+            .requests
+            .lookup(&mut core.unappended, appended, store, &key)?;
+        if let Some((prior_hash, receipt)) = prior {
             if prior_hash != hash {
                 return Err(RecordOutcomeError::Conflict(report.request_id.clone()));
             }
-            let durable = self.durable_after_locked(seq);
+            let durable = self.durable_after_locked(receipt.ledger_seq);
             return Ok((
                 RecordedOutcome {
-                    ledger_seq: seq,
-                    entry_hash,
+                    ledger_seq: receipt.ledger_seq,
+                    entry_hash: receipt.evidence_hash,
                     new: false,
                 },
                 durable,
@@ -106,22 +101,27 @@ impl Ledger {
         }
 
         // The decision.
-        if core.unsynced.by_id.contains_key(&report.request_id) {
-            // Decided but not yet in the store: its receipt was not given
-            // out yet, so no caller can know its outcome. Retryable.
+        let Some((_, decided)) = self.inner.requests.lookup(
+            &mut core.unappended,
+            appended,
+            store,
+            &report.request_id,
+        )?
+        else {
+            return Err(RecordOutcomeError::Unknown(report.request_id.clone()));
+        };
+        let Some(decision) = stored_entry(store, decided.ledger_seq)? else {
+            // Decided but not yet handed to the store: its receipt was not
+            // given out yet, so no caller can know its outcome. Retryable.
             return Err(LedgerError::Unavailable(
                 "the request's decision is not stored yet; retry".into(),
             )
             .into());
-        }
-        let decision = match self.inner.store.request(&report.request_id)? {
-            Some(rec) => self.stored_entry(rec.seq)?,
-            None => return Err(RecordOutcomeError::Unknown(report.request_id.clone())),
         };
         if !may_report(&decision) {
             return Err(RecordOutcomeError::Forbidden(decision.actor.to_string()));
         }
-        let now = self.now(&core);
+        let now = self.now(core);
         let body = core.state.outcome_event(now, &decision, reporter, report)?;
         let entry = core.state.seal(body);
         let seq = entry.ledger_seq;
@@ -130,7 +130,7 @@ impl Ledger {
             entry_hash: entry.entry_hash.clone(),
             new: true,
         };
-        core.unsynced.insert(
+        core.unappended.insert(
             seq,
             key.clone(),
             hash.clone(),
@@ -143,25 +143,22 @@ impl Ledger {
             status: Status::Accepted,
             tool_result: None,
         };
-        let durable = self.enqueue_locked(&mut core, entry, Some(record));
-        drop(core);
+        let durable = self.enqueue_locked(core, entry, Some(record));
+        drop(guard);
         self.inner.metrics.events.inc();
         Ok((recorded, durable))
     }
+}
 
-    /// The stored entry at `seq` (named by a request record).
-    fn stored_entry(&self, seq: u64) -> Result<Entry, StoreError> {
-        let bytes = self
-            .inner
-            .store
-            .get(seq)?
-            .ok_or_else(|| StoreError::Corrupt {
-                seq,
-                message: "request record points to a missing entry".into(),
-            })?;
-        record::decode_entry(&bytes).map_err(|e| StoreError::Corrupt {
+/// The entry at `seq` if the store has it (`None`: not appended yet).
+fn stored_entry(store: &dyn LedgerStore, seq: u64) -> Result<Option<Entry>, StoreError> {
+    let Some(bytes) = store.get(seq)? else {
+        return Ok(None);
+    };
+    record::decode_entry(&bytes)
+        .map(Some)
+        .map_err(|e| StoreError::Corrupt {
             seq,
             message: e.to_string(),
         })
-    }
 }

@@ -25,13 +25,14 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde_json::Value;
 
-use super::config::McpConfig;
 use super::gate::Gate;
 use super::headers::{self, HEADER_MISMATCH};
 use super::intercept::{self, Allowed, Outcome, UPSTREAM_UNAVAILABLE};
 use super::message::{self, Kind, Message};
 use super::session::{CallDecision, Session};
 use super::sse::{self, Splitter};
+use crate::config::McpConfig;
+use crate::service::error::{ApiError, McpRefusal};
 
 /// Largest JSON (non-stream) answer read from an upstream for interception.
 const MAX_JSON_ANSWER: usize = 64 * 1024 * 1024;
@@ -122,7 +123,7 @@ impl McpFront {
             .is_ok_and(|o| self.allowed_origins.iter().any(|a| a == o));
         (!allowed).then(|| {
             jsonrpc_error(
-                StatusCode::FORBIDDEN,
+                McpRefusal::Origin,
                 None,
                 message::INVALID_REQUEST,
                 "Forbidden: this Origin may not call the MCP front",
@@ -159,7 +160,7 @@ impl McpFront {
         }
         let Some(upstream) = self.servers.get(name) else {
             return jsonrpc_error(
-                StatusCode::NOT_FOUND,
+                McpRefusal::UnknownServer,
                 None,
                 message::INVALID_REQUEST,
                 "no such MCP server",
@@ -168,7 +169,7 @@ impl McpFront {
         let msg = match Message::parse(&body) {
             Ok(m) => m,
             Err(e) => {
-                return jsonrpc_error(StatusCode::BAD_REQUEST, e.id.as_ref(), e.code, &e.message);
+                return jsonrpc_error(McpRefusal::BadMessage, e.id.as_ref(), e.code, &e.message);
             }
         };
         if let Err(text) = headers::check(headers, &msg) {
@@ -176,7 +177,7 @@ impl McpFront {
                 Kind::Request { id, .. } | Kind::Response { id } => Some(id),
                 Kind::Notification { .. } => None,
             };
-            return jsonrpc_error(StatusCode::BAD_REQUEST, id, HEADER_MISMATCH, &text);
+            return jsonrpc_error(McpRefusal::BadMessage, id, HEADER_MISMATCH, &text);
         }
         let watch = match &msg.kind {
             Kind::Request { id, method } if method == "tools/call" => {
@@ -206,7 +207,7 @@ impl McpFront {
             }
             Kind::Notification { method } if method == "tools/call" => {
                 return jsonrpc_error(
-                    StatusCode::BAD_REQUEST,
+                    McpRefusal::BadMessage,
                     None,
                     message::INVALID_REQUEST,
                     "Invalid Request: a tools/call needs an id",
@@ -235,9 +236,7 @@ impl McpFront {
                         &text,
                         None,
                     )),
-                    None => {
-                        jsonrpc_error(StatusCode::BAD_GATEWAY, None, UPSTREAM_UNAVAILABLE, &text)
-                    }
+                    None => jsonrpc_error(McpRefusal::Upstream, None, UPSTREAM_UNAVAILABLE, &text),
                 };
             }
         };
@@ -253,22 +252,7 @@ impl McpFront {
     /// `GET /mcp/{name}`: the upstream's stream for server-initiated
     /// messages (2025-11-25), without the responses it must not carry.
     pub async fn get(&self, name: &str, headers: &HeaderMap) -> Response {
-        if let Some(refused) = self.origin_refused(headers) {
-            return refused;
-        }
-        let Some(upstream) = self.servers.get(name) else {
-            return jsonrpc_error(
-                StatusCode::NOT_FOUND,
-                None,
-                message::INVALID_REQUEST,
-                "no such MCP server",
-            );
-        };
-        match self
-            .upstream_request(reqwest::Method::GET, &upstream.url, headers)
-            .send()
-            .await
-        {
+        match self.pass(reqwest::Method::GET, name, headers).await {
             Ok(r) => {
                 let mut splitter = Splitter::default();
                 let (status, response_headers) = relayed_head(&r);
@@ -285,45 +269,52 @@ impl McpFront {
                 });
                 response(status, response_headers, Body::from_stream(stream))
             }
-            Err(_) => jsonrpc_error(
-                StatusCode::BAD_GATEWAY,
-                None,
-                UPSTREAM_UNAVAILABLE,
-                "the upstream MCP server is unreachable",
-            ),
+            Err(refused) => refused,
         }
     }
 
     /// `DELETE /mcp/{name}`: ends the upstream session.
     pub async fn delete(&self, name: &str, headers: &HeaderMap) -> Response {
-        if let Some(refused) = self.origin_refused(headers) {
-            return refused;
-        }
-        let Some(upstream) = self.servers.get(name) else {
-            return jsonrpc_error(
-                StatusCode::NOT_FOUND,
-                None,
-                message::INVALID_REQUEST,
-                "no such MCP server",
-            );
-        };
-        match self
-            .upstream_request(reqwest::Method::DELETE, &upstream.url, headers)
-            .send()
-            .await
-        {
+        match self.pass(reqwest::Method::DELETE, name, headers).await {
             Ok(r) => {
                 let (status, response_headers) = relayed_head(&r);
                 let body = r.bytes().await.unwrap_or_default();
                 response(status, response_headers, Body::from(body))
             }
-            Err(_) => jsonrpc_error(
-                StatusCode::BAD_GATEWAY,
-                None,
-                UPSTREAM_UNAVAILABLE,
-                "the upstream MCP server is unreachable",
-            ),
+            Err(refused) => refused,
         }
+    }
+
+    /// Sends a body-less `method` to the upstream `name` (a GET or DELETE
+    /// relayed as it is); the answer, or the front's refusal.
+    async fn pass(
+        &self,
+        method: reqwest::Method,
+        name: &str,
+        headers: &HeaderMap,
+    ) -> Result<reqwest::Response, Response> {
+        if let Some(refused) = self.origin_refused(headers) {
+            return Err(refused);
+        }
+        let Some(upstream) = self.servers.get(name) else {
+            return Err(jsonrpc_error(
+                McpRefusal::UnknownServer,
+                None,
+                message::INVALID_REQUEST,
+                "no such MCP server",
+            ));
+        };
+        self.upstream_request(method, &upstream.url, headers)
+            .send()
+            .await
+            .map_err(|_| {
+                jsonrpc_error(
+                    McpRefusal::Upstream,
+                    None,
+                    UPSTREAM_UNAVAILABLE,
+                    "the upstream MCP server is unreachable",
+                )
+            })
     }
 }
 
@@ -442,12 +433,7 @@ async fn relay<G: Gate>(
                 guard.finish(Outcome::failed(
                     "no answer: the upstream's answer could not be read",
                 ));
-                return jsonrpc_error(
-                    StatusCode::BAD_GATEWAY,
-                    watch.id(),
-                    UPSTREAM_UNAVAILABLE,
-                    &e,
-                );
+                return jsonrpc_error(McpRefusal::Upstream, watch.id(), UPSTREAM_UNAVAILABLE, &e);
             }
         };
         let body = match watched_response(&body, &watch) {
@@ -535,9 +521,9 @@ fn is_response(event: &sse::Event) -> bool {
         .is_some_and(|m| matches!(m.kind, Kind::Response { .. }))
 }
 
+/// The upstream's own status (relayed, not chosen here) and the headers relayed.
 fn relayed_head(upstream: &reqwest::Response) -> (StatusCode, HeaderMap) {
-    let status =
-        StatusCode::from_u16(upstream.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let status = upstream.status();
     let mut headers = HeaderMap::new();
     for name in RELAYED {
         if let Some(v) = upstream.headers().get(name)
@@ -560,11 +546,11 @@ fn json_answer(bytes: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], bytes).into_response()
 }
 
-fn jsonrpc_error(status: StatusCode, id: Option<&Value>, code: i64, text: &str) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        message::error_response(id, code, text, None),
-    )
-        .into_response()
+/// A JSON-RPC error answered by the front itself, with the status of `kind`.
+fn jsonrpc_error(kind: McpRefusal, id: Option<&Value>, code: i64, text: &str) -> Response {
+    ApiError::Mcp {
+        kind,
+        body: message::error_response(id, code, text, None),
+    }
+    .into_response()
 }

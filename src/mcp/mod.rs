@@ -19,9 +19,9 @@
 //! * [`front`] — the Streamable HTTP transport (`/mcp/{name}` in `kernels serve`)
 //! * [`headers`] — the Streamable HTTP header rules (`Mcp-Method`, `Mcp-Name`)
 //! * [`sse`] — Server-Sent Events framing for relaying streams
-//! * [`config`] — `mcp:` in the service configuration
+//!
+//! Its `mcp:` configuration section is read by [`crate::config`].
 
-pub mod config;
 pub mod front;
 pub mod gate;
 pub mod headers;

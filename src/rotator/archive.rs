@@ -8,6 +8,11 @@
 //! root) and every entry hash in it, and that every manifest is recorded by
 //! a `kernel.rotate` entry of a later segment (and every recorded manifest
 //! exists). It reports every problem with the object it concerns.
+//!
+//! The newest manifest is recorded only by the ledger (its `kernel.rotate`
+//! entry goes into the next segment), so an archive whose newest objects
+//! were deleted still chains: [`expect_end`] compares the archive's end with
+//! the last archived seq the ledger knows (`--expect-seq`, or the service).
 
 use std::collections::BTreeMap;
 
@@ -50,6 +55,22 @@ pub struct ArchiveReport {
     pub errors: Vec<ArchiveProblem>,
     /// Things worth knowing that are not errors (e.g. orphan segments).
     pub warnings: Vec<String>,
+}
+
+impl ArchiveReport {
+    /// The report of an archive that holds nothing.
+    pub fn empty() -> ArchiveReport {
+        ArchiveReport {
+            valid: true,
+            manifests: 0,
+            segments: 0,
+            entries_verified: 0,
+            last_seq: None,
+            root_hash: GENESIS_HASH.to_owned(),
+            errors: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
 }
 
 /// Why the archive could not be examined at all (exit 2).
@@ -98,16 +119,7 @@ pub async fn verify(
             objects.describe()
         )));
     }
-    let mut report = ArchiveReport {
-        valid: false,
-        manifests: 0,
-        segments: 0,
-        entries_verified: 0,
-        last_seq: None,
-        root_hash: GENESIS_HASH.to_owned(),
-        errors: Vec::new(),
-        warnings: Vec::new(),
-    };
+    let mut report = ArchiveReport::empty();
     let mut expected_from = 0u64;
     let mut expected_anchor = GENESIS_HASH.to_owned();
     let mut prev_sha: Option<String> = None;
@@ -315,6 +327,25 @@ pub async fn verify(
     }
     report.valid = report.errors.is_empty();
     Ok(report)
+}
+
+/// Marks `report` invalid when the archive ends before `expect_seq`, the last
+/// seq the ledger recorded as archived: the newest objects are missing.
+pub fn expect_end(report: &mut ArchiveReport, expect_seq: u64) {
+    if report.last_seq.is_some_and(|last| last >= expect_seq) {
+        return;
+    }
+    let ends = report
+        .last_seq
+        .map_or("has no segment".to_owned(), |s| format!("ends at seq {s}"));
+    report.errors.push(ArchiveProblem {
+        object: None,
+        seq: report.last_seq.map(|s| s + 1),
+        message: format!(
+            "the archive ends early: it {ends}, but entries up to seq {expect_seq} were archived (the newest manifest and segment are missing)"
+        ),
+    });
+    report.valid = false;
 }
 
 /// Folds archived entries into a state, up to a seq or a time.

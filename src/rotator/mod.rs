@@ -1,70 +1,64 @@
 //! The background rotator: weekly (configurable) archives of the ledger to
 //! S3, and the forensic path back from the archive.
 //!
-//! The worker sleeps until the next rotation is due, a manual trigger
-//! (`POST /v1/rotations`), or shutdown. A run that fails is retried with
-//! exponential backoff and jitter; decisions never wait for it (a run only
-//! reads the store and, at its very end, appends one `kernel.rotate` entry).
-//! Its state — running or not, last success, last error, consecutive
-//! failures, entries not yet archived — is in `GET /v1/rotations`, the
-//! status and the metrics. On shutdown a run in progress is given a short
-//! grace period, then abandoned; that is safe, because every run can be
-//! repeated (see [`run`]).
+//! One worker task owns every run: scheduled runs (one interval after the
+//! last recorded rotation, so the schedule survives restarts), manual runs
+//! (`POST /v1/rotations` queues one or joins the one in progress) and
+//! retries with exponential backoff and jitter. Decisions never wait for it
+//! (a run only reads the store and, at its very end, appends one
+//! `kernel.rotate` entry). Its state — the run in progress, last success,
+//! last error with its code, consecutive failures, the archive head check,
+//! entries not yet archived — is in `GET /v1/rotations`, the status and the
+//! metrics.
 //!
-//! * [`objects`] — S3 or a local directory of downloaded objects
+//! * [`schedule`] — when runs are due; the retry backoff (pure)
+//! * [`worker`] — the worker loop, manual requests and the run history
+//! * [`run`] — one rotation run
+//! * [`head`] — is the newest recorded rotation still in the archive?
+//! * [`objects`] — S3 or a local directory of downloaded objects (reads)
+//! * [`upload`] — writes that never overwrite, with Object Lock retention
+//! * [`preserved`] — preserved evidence uploaded to the archive
 //! * [`manifest`] — manifests and the key layout
 //! * [`segment`] — streamed verification of an archived segment
-//! * [`run`] — one rotation run
 //! * [`archive`] — `kernels archive verify` / `replay`
 
 pub mod archive;
+pub mod head;
 pub mod manifest;
 pub mod objects;
+pub mod preserved;
 pub mod run;
+pub mod schedule;
 pub mod segment;
+pub mod upload;
+pub mod worker;
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rand::Rng;
 use serde_json::{Value, json};
 
 use crate::config::RotationConfig;
-use crate::ledger::{Clock, Ledger, SystemClock};
+use crate::ledger::Ledger;
 use crate::service::RotationControl;
 use objects::{Objects, S3Settings};
-use run::{Outcome, Target};
-
-/// Longest wait between retries of a failing run.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
-/// First wait after a failure.
-pub const BASE_BACKOFF: Duration = Duration::from_secs(2);
-/// How long a run in progress may finish after shutdown is signalled.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
-#[derive(Debug, Default, Clone)]
-struct Status {
-    running: bool,
-    last_success_ms: Option<u64>,
-    last_error: Option<String>,
-    last_error_ms: Option<u64>,
-    consecutive_failures: u32,
-    next_run_ms: Option<u64>,
-    history: VecDeque<Value>,
-}
+use run::{RotationError, RunAnswer, RunFailure, Target};
 
 struct Inner {
     ledger: Ledger,
     config: RotationConfig,
     target: Target,
-    status: Mutex<Status>,
-    run_lock: tokio::sync::Mutex<()>,
-    trigger: tokio::sync::Notify,
+    status: Mutex<worker::Status>,
+    /// A manual request is waiting.
+    wake: tokio::sync::Notify,
+    /// Bumped each time an attempt finishes.
+    finished: tokio::sync::watch::Sender<u64>,
     stopped: tokio::sync::Notify,
     done: std::sync::atomic::AtomicBool,
+    /// Where failing runs and a broken archive head are reported.
+    alerts: Option<crate::alerts::Alerts>,
 }
 
 /// Handle on the running rotator.
@@ -74,12 +68,14 @@ pub struct Rotator {
 }
 
 impl Rotator {
-    /// Starts the worker for `ledger` with S3 settings from `config`.
+    /// Starts the worker for `ledger` with S3 settings from `config`;
+    /// failing runs and a broken archive head are reported to `alerts`.
     pub async fn start(
         ledger: Ledger,
         config: RotationConfig,
         work_dir: std::path::PathBuf,
         shutdown: tokio::sync::watch::Receiver<bool>,
+        alerts: Option<crate::alerts::Alerts>,
     ) -> Rotator {
         let objects = Objects::s3(&S3Settings {
             bucket: config.bucket.clone(),
@@ -90,7 +86,7 @@ impl Rotator {
             object_lock: config.object_lock.clone(),
         })
         .await;
-        Self::start_with(ledger, config, objects, work_dir, shutdown)
+        Self::launch(ledger, config, objects, work_dir, shutdown, alerts)
     }
 
     /// Starts the worker over an explicit object store (tests, custom clients).
@@ -100,6 +96,17 @@ impl Rotator {
         objects: Objects,
         work_dir: std::path::PathBuf,
         shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Rotator {
+        Self::launch(ledger, config, objects, work_dir, shutdown, None)
+    }
+
+    fn launch(
+        ledger: Ledger,
+        config: RotationConfig,
+        objects: Objects,
+        work_dir: std::path::PathBuf,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+        alerts: Option<crate::alerts::Alerts>,
     ) -> Rotator {
         let target = Target {
             objects,
@@ -111,76 +118,36 @@ impl Rotator {
                 ledger,
                 config,
                 target,
-                status: Mutex::new(Status::default()),
-                run_lock: tokio::sync::Mutex::new(()),
-                trigger: tokio::sync::Notify::new(),
+                status: Mutex::new(worker::Status::default()),
+                wake: tokio::sync::Notify::new(),
+                finished: tokio::sync::watch::Sender::new(0),
                 stopped: tokio::sync::Notify::new(),
                 done: std::sync::atomic::AtomicBool::new(false),
+                alerts,
             }),
         };
+        // The pending-entries gauge is computed when the metrics are read,
+        // so it always agrees with the status.
+        let weak = Arc::downgrade(&rotator.inner);
+        rotator.inner.ledger.metrics().on_render(move |m| {
+            if let Some(inner) = weak.upgrade() {
+                m.rotation_pending_entries
+                    .set(pending_entries(&inner.ledger) as i64);
+            }
+        });
         let worker = rotator.clone();
         tokio::spawn(async move { worker.work(shutdown).await });
         rotator
     }
 
-    fn status_lock(&self) -> std::sync::MutexGuard<'_, Status> {
+    fn alert(&self, event: crate::alerts::AlertEvent, detail: Value) {
+        if let Some(alerts) = &self.inner.alerts {
+            alerts.raise(event, detail);
+        }
+    }
+
+    fn status_lock(&self) -> std::sync::MutexGuard<'_, worker::Status> {
         self.inner.status.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// When the next scheduled rotation is due (ms), from the ledger's last
-    /// rotation, so the schedule survives restarts.
-    fn next_due_ms(&self, now: u64) -> u64 {
-        let interval = self.inner.config.interval.as_millis() as u64;
-        match self.inner.ledger.state().last_rotation {
-            Some(r) => r.ts_ms.saturating_add(interval),
-            None => now.saturating_add(interval),
-        }
-    }
-
-    async fn work(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let mut due = self.next_due_ms(SystemClock.now_ms());
-        loop {
-            self.status_lock().next_run_ms = Some(due);
-            self.update_gauges();
-            let wait = Duration::from_millis(due.saturating_sub(SystemClock.now_ms()));
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {},
-                _ = self.inner.trigger.notified() => {},
-                _ = shutdown.changed() => break,
-            }
-            if *shutdown.borrow() {
-                break;
-            }
-            let run = self.run_logged("SYSTEM");
-            tokio::pin!(run);
-            let result = tokio::select! {
-                r = &mut run => r,
-                _ = shutdown.changed() => {
-                    match tokio::time::timeout(SHUTDOWN_GRACE, &mut run).await {
-                        Ok(r) => r,
-                        Err(_) => {
-                            tracing::warn!("rotation abandoned at shutdown; the next run repeats it");
-                            break;
-                        }
-                    }
-                }
-            };
-            let now = SystemClock.now_ms();
-            due = match result {
-                Ok(_) => self.next_due_ms(now).max(now + 1000),
-                Err(_) => {
-                    let failures = self.status_lock().consecutive_failures;
-                    now + backoff(failures).as_millis() as u64
-                }
-            };
-            if *shutdown.borrow() {
-                break;
-            }
-        }
-        self.inner
-            .done
-            .store(true, std::sync::atomic::Ordering::Release);
-        self.inner.stopped.notify_waiters();
     }
 
     /// Waits until the worker has stopped (after shutdown was signalled).
@@ -194,101 +161,90 @@ impl Rotator {
         }
     }
 
-    /// Runs one rotation now (serialised with the background runs).
-    pub async fn run_logged(&self, actor: &str) -> Result<Outcome, String> {
-        let _guard = self.inner.run_lock.lock().await;
-        self.status_lock().running = true;
-        let started = SystemClock.now_ms();
-        let result = run::rotate_once(&self.inner.ledger, &self.inner.target, actor).await;
-        let now = SystemClock.now_ms();
-        let metrics = self.inner.ledger.metrics();
-        let mut status = self.status_lock();
-        status.running = false;
-        let record = match &result {
-            Ok(outcome) => {
-                status.last_success_ms = Some(now);
-                status.consecutive_failures = 0;
-                status.last_error = None;
-                metrics.rotation_success.inc();
-                metrics.rotation_last_success.set((now / 1000) as i64);
-                metrics.rotation_failing.set(0);
-                tracing::info!(outcome = %outcome.to_value(), "rotation run finished");
-                json!({"started_ms": started, "finished_ms": now, "ok": true, "outcome": outcome.to_value()})
+    /// The rotator's state and recent history as JSON (`GET /v1/rotations`).
+    pub fn status_value(&self) -> Value {
+        let state = self.inner.ledger.state();
+        let s = self.status_lock();
+        let config = &self.inner.config;
+        let head = match &s.head {
+            None => Value::Null,
+            Some(Ok(check)) => {
+                let mut v = serde_json::to_value(check).unwrap_or(Value::Null);
+                v["checked_ms"] = json!(s.head_checked_ms);
+                v
             }
-            Err(e) => {
-                status.consecutive_failures += 1;
-                status.last_error = Some(e.to_string());
-                status.last_error_ms = Some(now);
-                metrics.rotation_failures.inc();
-                metrics.rotation_failing.set(1);
-                tracing::warn!(error = %e, failures = status.consecutive_failures, "rotation run failed; will retry");
-                json!({"started_ms": started, "finished_ms": now, "ok": false, "error": e.to_string()})
+            Some(Err(error)) => {
+                json!({"state": "unknown", "error": error, "checked_ms": s.head_checked_ms})
             }
         };
-        status.history.push_back(record);
-        while status.history.len() > 20 {
-            status.history.pop_front();
-        }
-        drop(status);
-        self.update_gauges();
-        result.map_err(|e| e.to_string())
-    }
-
-    fn update_gauges(&self) {
-        let state = self.inner.ledger.state();
-        let archived = state.last_rotation.as_ref().map_or(0, |r| r.to_seq + 1);
-        let pending = self.inner.ledger.durable_len().saturating_sub(archived);
-        self.inner
-            .ledger
-            .metrics()
-            .rotation_pending_entries
-            .set(pending as i64);
+        json!({
+            "enabled": true,
+            "bucket": config.bucket,
+            "prefix": config.prefix,
+            "endpoint": config.endpoint,
+            "interval_secs": config.interval.as_secs(),
+            "attempt_timeout_secs": config.attempt_timeout.as_secs_f64(),
+            "object_lock": config.object_lock.as_ref().map(|l| json!({"mode": l.mode, "days": l.days})),
+            "running": s.current.is_some(),
+            "current_run": s.current.as_ref().map(|a| json!({
+                "id": a.id, "actor": a.actor, "manual": a.manual, "started_ms": a.started_ms,
+            })),
+            "failing": s.consecutive_failures > 0,
+            "consecutive_failures": s.consecutive_failures,
+            "last_success_ms": s.last_success_ms,
+            "last_error": s.last_error.as_ref().map(|e| e.to_string()),
+            "last_error_code": s.last_error.as_ref().map(|e| e.code()),
+            "last_error_ms": s.last_error_ms,
+            "next_run_ms": s.next_run_ms,
+            "pending_entries": pending_entries(&self.inner.ledger),
+            "last_rotation": state.last_rotation,
+            "archive_head": head,
+            "history": s.history.iter().map(worker::Finished::to_value).collect::<Vec<_>>(),
+        })
     }
 }
 
-/// Exponential backoff with full jitter, capped.
-pub fn backoff(failures: u32) -> Duration {
-    let exp = BASE_BACKOFF.saturating_mul(1u32 << failures.min(16).saturating_sub(1));
-    let cap = exp.min(MAX_BACKOFF);
-    let jitter = rand::rng().random_range(0.5..=1.0);
-    cap.mul_f64(jitter)
+/// Durable entries not yet covered by an archived segment.
+fn pending_entries(ledger: &Ledger) -> u64 {
+    let archived = ledger
+        .state()
+        .last_rotation
+        .as_ref()
+        .map_or(0, |r| r.to_seq + 1);
+    ledger.durable_len().saturating_sub(archived)
 }
 
 impl RotationControl for Rotator {
     fn rotate_now(
         &self,
         actor: String,
-    ) -> Pin<Box<dyn Future<Output = Result<Value, String>> + Send + '_>> {
-        Box::pin(async move { self.run_logged(&actor).await.map(|o| o.to_value()) })
+        wait: Duration,
+    ) -> Pin<Box<dyn Future<Output = Result<RunAnswer, RunFailure>> + Send + '_>> {
+        Box::pin(async move { self.request_run(&actor, wait).await })
     }
 
     fn status(&self) -> Value {
-        let state = self.inner.ledger.state();
-        let archived = state.last_rotation.as_ref().map_or(0, |r| r.to_seq + 1);
-        let s = self.status_lock().clone();
-        json!({
-            "enabled": true,
-            "bucket": self.inner.config.bucket,
-            "prefix": self.inner.config.prefix,
-            "endpoint": self.inner.config.endpoint,
-            "interval_secs": self.inner.config.interval.as_secs(),
-            "running": s.running,
-            "failing": s.consecutive_failures > 0,
-            "consecutive_failures": s.consecutive_failures,
-            "last_success_ms": s.last_success_ms,
-            "last_error": s.last_error,
-            "last_error_ms": s.last_error_ms,
-            "next_run_ms": s.next_run_ms,
-            "pending_entries": self.inner.ledger.durable_len().saturating_sub(archived),
-            "last_rotation": state.last_rotation,
-            "history": s.history,
-        })
+        self.status_value()
     }
-}
 
-impl Rotator {
-    /// Wakes the worker for a run now (without waiting for it).
-    pub fn trigger(&self) {
-        self.inner.trigger.notify_one();
+    fn upload_preserved(
+        &self,
+        path: std::path::PathBuf,
+        sha256: String,
+    ) -> Pin<Box<dyn Future<Output = Result<Value, RotationError>> + Send + '_>> {
+        Box::pin(async move {
+            let kernel_id = self.inner.ledger.state().kernel_id.unwrap_or_default();
+            let limit = self.inner.config.attempt_timeout;
+            let upload = preserved::upload(
+                &self.inner.target,
+                &kernel_id,
+                &path,
+                &sha256,
+                self.inner.config.object_lock.as_ref(),
+            );
+            tokio::time::timeout(limit, upload)
+                .await
+                .unwrap_or(Err(RotationError::TimedOut(limit)))
+        })
     }
 }

@@ -1,10 +1,9 @@
 //! Where archived objects live: an S3 bucket (aws-sdk-s3), or a local
 //! directory holding downloaded objects (for auditors working offline).
 //!
-//! The operations are the few the rotator and the forensic commands need:
-//! list a prefix, read an object as a stream, and write an object that must
-//! not exist yet (`If-None-Match: *`) — an archived object is never
-//! overwritten, and writing the same bytes again is recognised as done.
+//! The operations here are the reads the rotator and the forensic commands
+//! need: list a prefix, read an object as a stream, hash it. Writes (never
+//! overwriting, with Object Lock retention) are in [`super::upload`].
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -12,15 +11,10 @@ use std::time::Duration;
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
-use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ObjectLockMode};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::config::ObjectLock;
-
-/// Size of one multipart upload part.
-pub const PART_BYTES: usize = 16 * 1024 * 1024;
 
 /// Why an object operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +30,11 @@ pub enum ObjectError {
         "object {0} already exists with different content; archived objects are never overwritten"
     )]
     Conflict(String),
+    /// Object Lock retention is configured but the bucket has no Object Lock.
+    #[error(
+        "bucket {0} does not have Object Lock enabled, but rotation.object_lock is set: create the bucket with Object Lock (it cannot be turned on later on most stores) or remove rotation.object_lock; nothing was archived"
+    )]
+    ObjectLockMissing(String),
     /// Local I/O.
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
@@ -212,6 +211,24 @@ impl Objects {
         }
     }
 
+    /// The size of `key`, or `None` when it does not exist (HeadObject).
+    pub async fn size(&self, key: &str) -> Result<Option<u64>, ObjectError> {
+        match self {
+            Objects::S3 { client, bucket, .. } => {
+                match client.head_object().bucket(bucket).key(key).send().await {
+                    Ok(head) => Ok(Some(head.content_length().unwrap_or(0).max(0) as u64)),
+                    Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+                    Err(e) => Err(ObjectError::Store(describe(&e))),
+                }
+            }
+            Objects::Dir(root) => match tokio::fs::metadata(root.join(key)).await {
+                Ok(meta) => Ok(Some(meta.len())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e.into()),
+            },
+        }
+    }
+
     /// Reads a whole (small) object.
     pub async fn read_all(&self, key: &str, limit: usize) -> Result<Vec<u8>, ObjectError> {
         let mut reader = self.read(key).await?;
@@ -243,195 +260,8 @@ impl Objects {
         Ok((hex::encode(hasher.finalize()), size))
     }
 
-    /// Writes the file at `path` (of SHA-256 `sha256`) as `key`, unless it
-    /// exists: then it must already hold the same bytes.
-    pub async fn put_new_file(
-        &self,
-        key: &str,
-        path: &Path,
-        sha256: &str,
-    ) -> Result<Written, ObjectError> {
-        let size = tokio::fs::metadata(path).await?.len();
-        match self {
-            Objects::S3 {
-                client,
-                bucket,
-                object_lock,
-            } => {
-                if self.exists_same(key, sha256).await? {
-                    return Ok(Written::AlreadyThere);
-                }
-                if size as usize <= PART_BYTES {
-                    let body = tokio::fs::read(path).await?;
-                    return self.put_new_bytes(key, body).await;
-                }
-                let mut create = client
-                    .create_multipart_upload()
-                    .bucket(bucket)
-                    .key(key)
-                    .content_type("application/json");
-                if let Some(lock) = object_lock {
-                    create = create
-                        .object_lock_mode(ObjectLockMode::from(lock.mode.as_str()))
-                        .object_lock_retain_until_date(retain_until(lock.days));
-                }
-                let upload = create
-                    .send()
-                    .await
-                    .map_err(|e| ObjectError::Store(describe(&e)))?;
-                let upload_id = upload
-                    .upload_id()
-                    .ok_or_else(|| ObjectError::Store("no upload id".into()))?
-                    .to_owned();
-                let uploaded = match self.upload_parts(key, path, &upload_id).await {
-                    Ok(parts) => client
-                        .complete_multipart_upload()
-                        .bucket(bucket)
-                        .key(key)
-                        .upload_id(&upload_id)
-                        .multipart_upload(
-                            CompletedMultipartUpload::builder()
-                                .set_parts(Some(parts))
-                                .build(),
-                        )
-                        .send()
-                        .await
-                        .map(|_| Written::Created)
-                        .map_err(|e| ObjectError::Store(describe(&e))),
-                    Err(e) => Err(e),
-                };
-                if uploaded.is_err() {
-                    // Leave no half-uploaded object behind.
-                    let _ = client
-                        .abort_multipart_upload()
-                        .bucket(bucket)
-                        .key(key)
-                        .upload_id(&upload_id)
-                        .send()
-                        .await;
-                }
-                uploaded
-            }
-            Objects::Dir(_) => {
-                let body = tokio::fs::read(path).await?;
-                self.put_new_bytes(key, body).await
-            }
-        }
-    }
-
-    async fn upload_parts(
-        &self,
-        key: &str,
-        path: &Path,
-        upload_id: &str,
-    ) -> Result<Vec<CompletedPart>, ObjectError> {
-        let Objects::S3 { client, bucket, .. } = self else {
-            return Err(ObjectError::Store("multipart upload needs S3".into()));
-        };
-        let mut file = tokio::fs::File::open(path).await?;
-        let mut parts = Vec::new();
-        let mut number = 1;
-        loop {
-            let mut buf = Vec::with_capacity(PART_BYTES);
-            let n = (&mut file)
-                .take(PART_BYTES as u64)
-                .read_to_end(&mut buf)
-                .await?;
-            if n == 0 {
-                break;
-            }
-            let resp = client
-                .upload_part()
-                .bucket(bucket)
-                .key(key)
-                .upload_id(upload_id)
-                .part_number(number)
-                .body(ByteStream::from(buf))
-                .send()
-                .await
-                .map_err(|e| ObjectError::Store(describe(&e)))?;
-            parts.push(
-                CompletedPart::builder()
-                    .part_number(number)
-                    .set_e_tag(resp.e_tag().map(str::to_owned))
-                    .set_checksum_crc32(resp.checksum_crc32().map(str::to_owned))
-                    .build(),
-            );
-            number += 1;
-        }
-        Ok(parts)
-    }
-
-    /// Writes `body` as `key`, unless it exists: then it must hold the same bytes.
-    pub async fn put_new_bytes(&self, key: &str, body: Vec<u8>) -> Result<Written, ObjectError> {
-        let sha = hex::encode(Sha256::digest(&body));
-        match self {
-            Objects::S3 {
-                client,
-                bucket,
-                object_lock,
-            } => {
-                let mut put = client
-                    .put_object()
-                    .bucket(bucket)
-                    .key(key)
-                    .if_none_match("*")
-                    .content_type("application/json")
-                    .body(ByteStream::from(body));
-                if let Some(lock) = object_lock {
-                    put = put
-                        .object_lock_mode(ObjectLockMode::from(lock.mode.as_str()))
-                        .object_lock_retain_until_date(retain_until(lock.days))
-                        .checksum_algorithm(aws_sdk_s3::types::ChecksumAlgorithm::Crc32);
-                }
-                match put.send().await {
-                    Ok(_) => Ok(Written::Created),
-                    Err(e) => {
-                        let status = e.raw_response().map(|r| r.status().as_u16());
-                        if matches!(status, Some(412) | Some(409)) {
-                            if self.exists_same(key, &sha).await? {
-                                Ok(Written::AlreadyThere)
-                            } else {
-                                Err(ObjectError::Conflict(key.to_owned()))
-                            }
-                        } else {
-                            Err(ObjectError::Store(describe(&e)))
-                        }
-                    }
-                }
-            }
-            Objects::Dir(root) => {
-                let path = root.join(key);
-                if let Some(parent) = path.parent() {
-                    tokio::fs::create_dir_all(parent).await?;
-                }
-                match tokio::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&path)
-                    .await
-                {
-                    Ok(mut f) => {
-                        use tokio::io::AsyncWriteExt;
-                        f.write_all(&body).await?;
-                        f.sync_all().await?;
-                        Ok(Written::Created)
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                        if self.exists_same(key, &sha).await? {
-                            Ok(Written::AlreadyThere)
-                        } else {
-                            Err(ObjectError::Conflict(key.to_owned()))
-                        }
-                    }
-                    Err(e) => Err(e.into()),
-                }
-            }
-        }
-    }
-
     /// Whether `key` exists and has SHA-256 `sha256` (Conflict if it exists otherwise).
-    async fn exists_same(&self, key: &str, sha256: &str) -> Result<bool, ObjectError> {
+    pub(super) async fn exists_same(&self, key: &str, sha256: &str) -> Result<bool, ObjectError> {
         match self.digest(key).await {
             Ok((sha, _)) if sha == sha256 => Ok(true),
             Ok(_) => Err(ObjectError::Conflict(key.to_owned())),
@@ -447,14 +277,6 @@ impl Objects {
             Objects::Dir(p) => p.display().to_string(),
         }
     }
-}
-
-fn retain_until(days: u32) -> aws_smithy_types::DateTime {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    aws_smithy_types::DateTime::from_secs((now + u64::from(days) * 86_400) as i64)
 }
 
 fn walk(root: &Path, dir: &Path, out: &mut Vec<ObjectInfo>) -> Result<(), ObjectError> {
@@ -480,7 +302,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<ObjectInfo>) -> Result<(), Object
 }
 
 /// A one-line description of an SDK error, with the service's code when any.
-fn describe<E: std::error::Error + 'static, R: std::fmt::Debug>(
+pub(super) fn describe<E: std::error::Error + 'static, R: std::fmt::Debug>(
     e: &aws_sdk_s3::error::SdkError<E, R>,
 ) -> String {
     use std::error::Error as _;

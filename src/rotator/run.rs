@@ -13,9 +13,17 @@
 //! 4. Both are read back and checked: the manifest's bytes, the segment's
 //!    SHA-256, size and chain (anchor, first seq, every hash, root).
 //! 5. Only then is `kernel.rotate` appended, with the manifest as payload.
+//!
+//! Before all this, a run checks the archive: a bucket without Object Lock
+//! when retention is configured, or a newest recorded manifest or segment
+//! that is missing or changed (see [`super::head`]), is refused. The archive
+//! work (everything before the record) may be bounded in time
+//! ([`rotate_within`]): a hung store then fails the run instead of holding it.
 
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -43,6 +51,71 @@ pub enum RotationError {
     /// Recording the rotation failed.
     #[error("recording the rotation: {0}")]
     Ledger(#[from] LedgerError),
+    /// The archive work took longer than the attempt time allowed (a hung
+    /// or very slow store); it was abandoned.
+    #[error("the archive work took longer than {0:?} (rotation.attempt_timeout) and was abandoned")]
+    TimedOut(Duration),
+    /// The newest recorded rotation is missing or changed in the archive: a
+    /// run does not chain a new segment onto it.
+    #[error(
+        "{}: refusing to chain the next segment onto it (the archive would have a hole); restore the object, then rotate again",
+        .0.problem.as_deref().unwrap_or("the archive head is missing or changed")
+    )]
+    ArchiveHead(Box<super::head::HeadCheck>),
+    /// The run itself failed unexpectedly (a bug); the next run retries.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl RotationError {
+    /// A stable name for the failure (status, alerts, metrics).
+    pub fn code(&self) -> &'static str {
+        match self {
+            RotationError::Objects(ObjectError::ObjectLockMissing(_)) => "object_lock_missing",
+            RotationError::Objects(ObjectError::Conflict(_)) => "archive_conflict",
+            RotationError::Objects(ObjectError::Missing(_)) => "archive_object_missing",
+            RotationError::Objects(_) => "store_unreachable",
+            RotationError::Check(_) => "archive_check_failed",
+            RotationError::Export(_) => "export_failed",
+            RotationError::Ledger(_) => "record_failed",
+            RotationError::TimedOut(_) => "attempt_timeout",
+            RotationError::ArchiveHead(check) if check.state == super::head::HeadState::Changed => {
+                "archive_head_changed"
+            }
+            RotationError::ArchiveHead(_) => "archive_head_missing",
+            RotationError::Internal(_) => "internal",
+        }
+    }
+}
+
+/// What a rotation started by hand answers (see [`crate::service::RotationControl`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunAnswer {
+    /// The run finished within the wait: its outcome.
+    Finished {
+        /// The run's id (as in the rotator's history).
+        run_id: String,
+        /// [`Outcome::to_value`].
+        outcome: Value,
+    },
+    /// The run goes on in the rotator's worker; `GET /v1/rotations` shows it.
+    Running {
+        /// The run's id.
+        run_id: String,
+    },
+}
+
+/// A rotation started by hand that failed; the rotator retries it with the
+/// same backoff as a scheduled run.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("rotation run {run_id} failed ({}): {error}", error.code())]
+pub struct RunFailure {
+    /// The run's id.
+    pub run_id: String,
+    /// Why it failed.
+    pub error: Arc<RotationError>,
+    /// When the rotator tries again (ms), if it will.
+    pub retry_at_ms: Option<u64>,
 }
 
 impl From<ScanError> for RotationError {
@@ -125,6 +198,56 @@ pub async fn rotate_once(
     target: &Target,
     actor: &str,
 ) -> Result<Outcome, RotationError> {
+    rotate_within(ledger, target, actor, None).await
+}
+
+/// [`rotate_once`], with the archive work (every step before the record)
+/// abandoned after `limit`: the run then fails with
+/// [`RotationError::TimedOut`] and leaves the ledger unchanged.
+pub async fn rotate_within(
+    ledger: &Ledger,
+    target: &Target,
+    actor: &str,
+    limit: Option<Duration>,
+) -> Result<Outcome, RotationError> {
+    let prepared = match limit {
+        Some(limit) => tokio::time::timeout(limit, prepare(ledger, target))
+            .await
+            .map_err(|_| RotationError::TimedOut(limit))??,
+        None => prepare(ledger, target).await?,
+    };
+    let (manifest, repaired) = match prepared {
+        Prepared::Nothing { next_seq } => return Ok(Outcome::Nothing { next_seq }),
+        Prepared::Ready { manifest, repaired } => (*manifest, repaired),
+    };
+    let payload = manifest.to_value();
+    let entry = ledger
+        .event(|s, now| s.rotate_event(now, actor, payload.clone()))
+        .await?;
+    debug_assert_eq!(entry.tool_name.as_deref(), Some(event::ROTATE));
+    clean_work_dir(target, &manifest.kernel_id);
+    Ok(Outcome::Archived {
+        manifest: Box::new(manifest),
+        repaired,
+        entry_seq: entry.ledger_seq,
+    })
+}
+
+/// What the archive work of a run leaves for the record.
+enum Prepared {
+    /// Nothing new to archive.
+    Nothing { next_seq: u64 },
+    /// Archived and read back: record it.
+    Ready {
+        manifest: Box<Manifest>,
+        repaired: bool,
+    },
+}
+
+/// Everything before the record: checks, repair or upload, read-back.
+async fn prepare(ledger: &Ledger, target: &Target) -> Result<Prepared, RotationError> {
+    // A bucket that cannot keep the configured retention is refused first.
+    target.objects.check_object_lock().await?;
     let state = ledger.state();
     let kernel_id = state.kernel_id.clone().unwrap_or_default();
     let variant = state
@@ -135,7 +258,11 @@ pub async fn rotate_once(
     let from = last.as_ref().map_or(0, |r| r.to_seq + 1);
     let durable = ledger.durable_len();
     if from >= durable || only_rotations(ledger, from, durable).await? {
-        return Ok(Outcome::Nothing { next_seq: from });
+        return Ok(Prepared::Nothing { next_seq: from });
+    }
+    // Never chain onto a newest rotation that is gone from the archive.
+    if let Some(refusal) = super::head::check(ledger, target).await?.refusal() {
+        return Err(refusal);
     }
     let prev_manifest_sha256 = last.as_ref().map(|r| r.manifest_sha256.clone());
 
@@ -279,21 +406,9 @@ pub async fn rotate_once(
         },
     )?;
 
-    let payload = manifest.to_value();
-    let entry = ledger
-        .event(|s, now| s.rotate_event(now, actor, payload.clone()))
-        .await?;
-    debug_assert_eq!(entry.tool_name.as_deref(), Some(event::ROTATE));
-    let _ = std::fs::remove_file(segment_file(
-        target,
-        &kernel_id,
-        manifest.from_seq,
-        manifest.to_seq,
-    ));
-    Ok(Outcome::Archived {
+    Ok(Prepared::Ready {
         manifest: Box::new(manifest),
         repaired,
-        entry_seq: entry.ledger_seq,
     })
 }
 
@@ -303,7 +418,7 @@ async fn only_rotations(ledger: &Ledger, from: u64, to: u64) -> Result<bool, Rot
     tokio::task::spawn_blocking(move || {
         for entry in ledger.entries(from, to) {
             let entry = entry.map_err(|e| RotationError::Export(e.to_string()))?;
-            if entry.tool_name.as_deref() != Some(event::ROTATE) {
+            if event::of(&entry) != Some(event::ROTATE) {
                 return Ok(false);
             }
         }
@@ -313,10 +428,27 @@ async fn only_rotations(ledger: &Ledger, from: u64, to: u64) -> Result<bool, Rot
     .map_err(|e| RotationError::Export(e.to_string()))?
 }
 
+/// A fresh local file for the segment of `from..=to`. Its name is unique
+/// (an abandoned run's export may still be writing its own file).
 fn segment_file(target: &Target, kernel_id: &str, from: u64, to: u64) -> PathBuf {
+    let nonce: u64 = rand::random();
     target
         .work_dir
-        .join(format!("{kernel_id}-{from:020}-{to:020}.json"))
+        .join(format!("{kernel_id}-{from:020}-{to:020}.{nonce:016x}.json"))
+}
+
+/// Removes the segment files of `kernel_id` left in the work dir (by this
+/// run, or by runs that were abandoned or died).
+fn clean_work_dir(target: &Target, kernel_id: &str) {
+    let Ok(items) = std::fs::read_dir(&target.work_dir) else {
+        return;
+    };
+    let prefix = format!("{kernel_id}-");
+    for item in items.flatten() {
+        if item.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(item.path());
+        }
+    }
 }
 
 /// Exports `from..=to` to a local file and uploads segment then manifest.
@@ -330,6 +462,7 @@ async fn upload(
     prev_manifest_sha256: Option<String>,
 ) -> Result<Manifest, RotationError> {
     std::fs::create_dir_all(&target.work_dir).map_err(|e| RotationError::Export(e.to_string()))?;
+    clean_work_dir(target, kernel_id);
     let path = segment_file(target, kernel_id, from, to);
     let (sha256, bytes, anchor, root) = {
         let ledger = ledger.clone();

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
@@ -22,6 +22,7 @@ use super::api::JsonBody;
 use super::auth::Principal;
 use super::error::ApiError;
 use crate::config::Role;
+use crate::kernel::Refusal;
 use crate::kernel::outcome::{OutcomeError, OutcomeReport};
 use crate::ledger::outcome::RecordOutcomeError;
 use crate::mcp::gate::{Gate, KernelAnswer};
@@ -65,13 +66,10 @@ pub(crate) fn allowed_for(
         principal.may_act_as(&actor)?;
     }
     let kernel = state.ledger().state();
-    let policy = kernel.policy.as_ref().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            "the kernel is not initialised",
-        )
-    })?;
+    let policy = kernel
+        .policy
+        .as_ref()
+        .ok_or(ApiError::from(Refusal::NotInitialised))?;
     let allowed = policy.allows_actor(&actor);
     let tools = if !allowed {
         json!([])
@@ -157,18 +155,17 @@ pub(crate) async fn record_outcome(
 
 fn outcome_error(e: RecordOutcomeError) -> ApiError {
     match e {
-        RecordOutcomeError::Unknown(_) => {
-            ApiError::new(StatusCode::NOT_FOUND, "unknown_request", e.to_string())
-        }
+        RecordOutcomeError::Unknown(_) => ApiError::Unknown {
+            code: "unknown_request",
+            message: e.to_string(),
+        },
         RecordOutcomeError::Outcome(OutcomeError::Invalid(m)) => {
             ApiError::bad_request("invalid_outcome", m)
         }
         RecordOutcomeError::Outcome(e @ OutcomeError::NotAllowed { .. }) => {
-            ApiError::new(StatusCode::CONFLICT, "not_allowed", e.to_string())
+            ApiError::conflict("not_allowed", e.to_string())
         }
-        RecordOutcomeError::Conflict(_) => {
-            ApiError::new(StatusCode::CONFLICT, "outcome_conflict", e.to_string())
-        }
+        RecordOutcomeError::Conflict(_) => ApiError::conflict("outcome_conflict", e.to_string()),
         RecordOutcomeError::Forbidden(_) => ApiError::forbidden(e.to_string()),
         RecordOutcomeError::Ledger(e) => e.into(),
     }
@@ -230,11 +227,10 @@ pub async fn mcp_post(
         return e.into_response();
     }
     let Some(prefix) = state.mcp().tool_prefix(&name).map(str::to_owned) else {
-        return ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_mcp_server",
-            format!("no MCP server '{name}' is configured (mcp.servers)"),
-        )
+        return ApiError::Unknown {
+            code: "unknown_mcp_server",
+            message: format!("no MCP server '{name}' is configured (mcp.servers)"),
+        }
         .into_response();
     };
     let actor = match headers.get(ACTOR_HEADER).map(|v| v.to_str()) {
@@ -263,28 +259,21 @@ pub async fn mcp_post(
     state.mcp().post(&name, session, &headers, body).await
 }
 
-/// `GET /mcp/{name}` (agent, operator): the upstream's server-to-client stream.
-pub async fn mcp_get(
+/// `GET /mcp/{name}` (agent, operator): the upstream's server-to-client
+/// stream; `DELETE /mcp/{name}`: ends an upstream session.
+pub async fn mcp_pass(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Path(name): Path<String>,
+    method: Method,
     headers: HeaderMap,
 ) -> Response {
     if let Err(e) = principal.require(&[Role::Agent, Role::Operator]) {
         return e.into_response();
     }
-    state.mcp().get(&name, &headers).await
-}
-
-/// `DELETE /mcp/{name}` (agent, operator): ends an upstream session.
-pub async fn mcp_delete(
-    State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(e) = principal.require(&[Role::Agent, Role::Operator]) {
-        return e.into_response();
+    if method == Method::DELETE {
+        state.mcp().delete(&name, &headers).await
+    } else {
+        state.mcp().get(&name, &headers).await
     }
-    state.mcp().delete(&name, &headers).await
 }

@@ -5,9 +5,7 @@
 //! (bad JSON, bad shape, failed validation, wrong role or actor, a halted
 //! kernel); a DENY is a decision and a normal 200 answer.
 
-use std::io::Write;
-
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{FromRequest, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -18,11 +16,11 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::auth::Principal;
 use super::error::ApiError;
-use crate::bundle::{BundleWriter, ExportHeader};
 use crate::config::Role;
-use crate::kernel::{Policy, RawRequest, Receipt};
+use crate::kernel::{DenyReason, Policy, RawRequest, Receipt, Submission};
+use crate::rotator::run::RunAnswer;
 
-const READERS: &[Role] = &[Role::Auditor, Role::Operator];
+pub(super) const READERS: &[Role] = &[Role::Auditor, Role::Operator];
 const SUBMITTERS: &[Role] = &[Role::Agent, Role::Operator];
 const OPERATORS: &[Role] = &[Role::Operator];
 
@@ -35,11 +33,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    "the request body is larger than the configured limit",
-                )
+                ApiError::PayloadTooLarge
             } else {
                 ApiError::bad_request("bad_body", rejection.body_text())
             }
@@ -64,15 +58,11 @@ pub async fn health() -> Json<Value> {
 
 /// `GET /ready`: 200 only when the ledger is open, verified and accepting.
 #[utoipa::path(get, path = "/ready", responses((status = 200, description = "Ready"), (status = 503, description = "Not ready")))]
-pub async fn ready(State(state): State<AppState>) -> Response {
+pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     if state.ledger().is_ready() {
-        Json(json!({"status": "ready"})).into_response()
+        Ok(Json(json!({"status": "ready"})))
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable"})),
-        )
-            .into_response()
+        Err(ApiError::NotReady)
     }
 }
 
@@ -122,21 +112,18 @@ pub(crate) async fn submit_for(
     principal.require(SUBMITTERS)?;
     let raw = RawRequest::from_value(body)
         .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
-    // Structurally invalid requests are client errors here: nothing is recorded.
-    let validated = raw.validate(0).map_err(|invalid| {
+    // Validated once, here; the decision reads the outcome. Over HTTP a
+    // structurally invalid request is the client's mistake: nothing is
+    // recorded (the kernel itself refuses reserved ids).
+    let submission = Submission::new(&raw);
+    let request = submission.checked().map_err(|invalid| {
         ApiError::bad_request(
             "invalid_request",
-            format!("Validation failed: {}", invalid.errors.join("; ")),
+            DenyReason::Invalid.error(&invalid.errors.join("; ")),
         )
     })?;
-    if validated.request_id == "HALT" || validated.request_id.starts_with("kernel.") {
-        return Err(ApiError::bad_request(
-            "invalid_request",
-            "request ids \"HALT\" and \"kernel.*\" are reserved for operational events",
-        ));
-    }
-    principal.may_act_as(&validated.actor)?;
-    Ok(state.ledger().submit(&raw).await?)
+    principal.may_act_as(&request.actor)?;
+    Ok(state.ledger().submit(submission).await?)
 }
 
 /// `GET /v1/status`.
@@ -156,172 +143,6 @@ pub async fn status(
     Ok(Json(value))
 }
 
-/// Query of `GET /v1/evidence`.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct EvidenceQuery {
-    /// First seq (inclusive).
-    pub from_seq: Option<u64>,
-    /// Last seq (inclusive).
-    pub to_seq: Option<u64>,
-}
-
-/// `GET /v1/evidence`: the evidence bundle, streamed.
-#[utoipa::path(get, path = "/v1/evidence", params(EvidenceQuery), responses((status = 200, description = "An evidence bundle (streamed)")), security(("bearer" = [])))]
-pub async fn evidence(
-    State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
-    query: Result<Query<EvidenceQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
-    principal.require(READERS)?;
-    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let ledger = state.ledger().clone();
-    let len = ledger.durable_len();
-    let from = q.from_seq.unwrap_or(0);
-    let to = q
-        .to_seq
-        .map(|t| t.saturating_add(1))
-        .unwrap_or(len)
-        .min(len);
-    if from > to {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("from_seq {from} is after the range end"),
-        ));
-    }
-    let status = ledger.status();
-    let anchor = ledger
-        .entry_hash_at(from)
-        .ok_or_else(|| ApiError::internal("cannot read the anchor entry"))?;
-    let root = ledger
-        .entry_hash_at(to)
-        .ok_or_else(|| ApiError::internal("cannot read the last entry"))?;
-    let now = crate::ledger::Clock::now_ms(&crate::ledger::SystemClock);
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
-    tokio::task::spawn_blocking(move || {
-        let mut sink = ChannelWriter {
-            tx,
-            buf: Vec::with_capacity(64 * 1024),
-        };
-        let header = ExportHeader {
-            kernel_id: &status.kernel_id,
-            variant: &status.variant,
-            exported_at_ms: now,
-            from_seq: (from > 0).then_some(from),
-            anchor_hash: (from > 0).then_some(anchor.as_str()),
-            root_hash: &root,
-        };
-        let result = (|| -> std::io::Result<()> {
-            let mut w = BundleWriter::start(&mut sink, &header)?;
-            for entry in ledger.entries(from, to) {
-                let entry = entry.map_err(|e| std::io::Error::other(e.to_string()))?;
-                w.entry(&entry)?;
-            }
-            w.finish()?;
-            Ok(())
-        })();
-        if let Err(e) = result {
-            tracing::error!(error = %e, "evidence export failed mid-stream");
-            let _ = sink.tx.blocking_send(Err(e));
-        }
-    });
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
-    Ok((
-        [(header::CONTENT_TYPE, "application/json")],
-        Body::from_stream(stream),
-    )
-        .into_response())
-}
-
-/// Buffers writes into ~64 KiB chunks sent down a channel.
-struct ChannelWriter {
-    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
-    buf: Vec<u8>,
-}
-
-impl Write for ChannelWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= 64 * 1024 {
-            self.flush()?;
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        if !self.buf.is_empty() {
-            let chunk = Bytes::from(std::mem::replace(
-                &mut self.buf,
-                Vec::with_capacity(64 * 1024),
-            ));
-            self.tx.blocking_send(Ok(chunk)).map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away")
-            })?;
-        }
-        Ok(())
-    }
-}
-
-/// Query of `GET /v1/entries`.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct EntriesQuery {
-    /// First seq (default 0).
-    pub from_seq: Option<u64>,
-    /// Most entries to return (default 100, at most 1000).
-    pub limit: Option<u64>,
-    /// Only entries at or after this time (ms).
-    pub from_ms: Option<u64>,
-    /// Only entries at or before this time (ms).
-    pub to_ms: Option<u64>,
-}
-
-/// `GET /v1/entries`: entries by seq range (and optionally time range).
-#[utoipa::path(get, path = "/v1/entries", params(EntriesQuery), responses((status = 200, description = "{entries, next_seq}")), security(("bearer" = [])))]
-pub async fn entries(
-    State(state): State<AppState>,
-    Extension(principal): Extension<Principal>,
-    query: Result<Query<EntriesQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
-    principal.require(READERS)?;
-    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > 1000 {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            "limit must be between 1 and 1000",
-        ));
-    }
-    let ledger = state.ledger().clone();
-    let from = q.from_seq.unwrap_or(0);
-    let (from_ms, to_ms) = (q.from_ms.unwrap_or(0), q.to_ms.unwrap_or(u64::MAX));
-    let result = tokio::task::spawn_blocking(move || -> Result<Value, ApiError> {
-        let len = ledger.durable_len();
-        let mut out = Vec::new();
-        let mut next = from;
-        for entry in ledger.entries(from, len) {
-            let entry = entry.map_err(ApiError::internal)?;
-            next = entry.ledger_seq + 1;
-            if entry.ts_ms > to_ms {
-                next = len;
-                break;
-            }
-            if entry.ts_ms >= from_ms {
-                out.push(entry);
-                if out.len() as u64 >= limit {
-                    break;
-                }
-            }
-        }
-        Ok(json!({"entries": out, "next_seq": (next < len).then_some(next), "ledger_length": len}))
-    })
-    .await
-    .map_err(ApiError::internal)??;
-    Ok(Json(result))
-}
-
 /// `GET /v1/policy`.
 #[utoipa::path(get, path = "/v1/policy", responses((status = 200, description = "{policy, version, hash}")), security(("bearer" = [])))]
 pub async fn get_policy(
@@ -337,31 +158,83 @@ pub async fn get_policy(
     })))
 }
 
-/// `PUT /v1/policy`: replace the active policy (recorded as `kernel.policy_update`).
-#[utoipa::path(put, path = "/v1/policy", request_body(content = super::openapi::PolicyUpdateSchema), responses((status = 200, description = "{version, hash, ledger_seq, entry_hash}"), (status = 400, body = super::error::ErrorBody)), security(("bearer" = [])))]
+/// Query of `PUT /v1/policy`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyQuery {
+    /// Only show what would change (nothing is recorded; `reason` optional).
+    pub dry_run: Option<bool>,
+}
+
+/// `PUT /v1/policy`: replace the active policy (recorded as
+/// `kernel.policy_update`). The answer is this call's own update — its
+/// version and hash, and field by field what it changed (`changes`) and
+/// which fields the document left to their defaults (`defaulted`).
+#[utoipa::path(put, path = "/v1/policy", params(PolicyQuery), request_body(content = super::openapi::PolicyUpdateSchema), responses((status = 200, description = "{version, hash, previous_hash, ledger_seq, entry_hash, changes, defaulted}; with dry_run: {dry_run, version, hash, new_hash, changes, defaulted}"), (status = 400, body = super::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn put_policy(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
+    query: Result<Query<PolicyQuery>, axum::extract::rejection::QueryRejection>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     principal.require(OPERATORS)?;
-    let reason = reason_of(&body, &["policy", "reason"])?;
-    let policy = Policy::from_json(body.get("policy").unwrap_or(&Value::Null))
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let dry_run = q.dry_run.unwrap_or(false);
+    let fields = &["policy", "reason"];
+    let reason = if dry_run {
+        fields_of(&body, fields)?;
+        None
+    } else {
+        Some(reason_of(&body, fields)?)
+    };
+    let doc = body.get("policy").unwrap_or(&Value::Null);
+    let policy = Policy::from_json(doc)
         .map_err(|e| ApiError::bad_request("invalid_policy", e.to_string()))?;
+    let defaulted = Policy::missing_fields(doc);
+    let Some(reason) = reason else {
+        let s = state.ledger().state();
+        return Ok(Json(json!({
+            "dry_run": true,
+            "version": s.policy_version,
+            "hash": s.policy_hash,
+            "new_hash": policy.hash(),
+            "changes": Policy::diff(s.policy.as_ref(), &policy),
+            "defaulted": defaulted,
+        })));
+    };
+    // The policy this update replaces, read under the same lock that
+    // records it: concurrent updates each see their own predecessor.
+    let mut replaced = None;
     let entry = state
         .ledger()
-        .update_policy(&principal.name, &policy, &reason)
+        .event(|s, now| {
+            replaced = s.policy.clone();
+            s.policy_update_event(
+                now,
+                &principal.name,
+                &policy,
+                &reason,
+                crate::kernel::events::POLICY_FROM_API,
+            )
+        })
         .await?;
-    let s = state.ledger().state();
+    let payload = entry.payload.as_ref().unwrap_or(&Value::Null);
     Ok(Json(json!({
-        "version": s.policy_version,
-        "hash": s.policy_hash,
+        "version": payload["version"],
+        "hash": policy.hash(),
+        "previous_hash": payload["previous_policy_hash"],
         "ledger_seq": entry.ledger_seq,
         "entry_hash": entry.entry_hash,
+        "changes": Policy::diff(replaced.as_ref(), &policy),
+        "defaulted": defaulted,
     })))
 }
 
-fn reason_of(body: &Value, allowed: &[&str]) -> Result<String, ApiError> {
+/// The body as an object with only `allowed` keys.
+fn fields_of<'b>(
+    body: &'b Value,
+    allowed: &[&str],
+) -> Result<&'b serde_json::Map<String, Value>, ApiError> {
     let obj = body.as_object().ok_or_else(|| {
         ApiError::bad_request("invalid_request", "expected a JSON object with a reason")
     })?;
@@ -371,7 +244,12 @@ fn reason_of(body: &Value, allowed: &[&str]) -> Result<String, ApiError> {
             format!("unknown field '{k}'"),
         ));
     }
-    obj.get("reason")
+    Ok(obj)
+}
+
+fn reason_of(body: &Value, allowed: &[&str]) -> Result<String, ApiError> {
+    fields_of(body, allowed)?
+        .get("reason")
         .and_then(Value::as_str)
         .filter(|r| !r.trim().is_empty())
         .map(str::to_owned)
@@ -407,10 +285,17 @@ pub async fn recover(
     principal.require(OPERATORS)?;
     let reason = reason_of(&body, &["reason"])?;
     let entry = state.ledger().recover(&principal.name, &reason).await?;
+    // This recovery's own session (not whatever is current by now).
+    let session = entry
+        .payload
+        .as_ref()
+        .and_then(|p| p.get("new_session"))
+        .cloned()
+        .unwrap_or(Value::Null);
     Ok(Json(json!({
         "ledger_seq": entry.ledger_seq,
         "entry_hash": entry.entry_hash,
-        "session": state.ledger().state().session,
+        "session": session,
         "payload": entry.payload,
     })))
 }
@@ -464,6 +349,23 @@ pub async fn preserve(
         crate::evidence::ExportError::Range(m) => ApiError::bad_request("invalid_request", m),
         other => ApiError::internal(other),
     })?;
+    let mut record = record;
+    // Off the box too, when there is an archive; the local copy is kept and
+    // recorded whatever happens to the upload.
+    if let Some(rotation) = state.rotation() {
+        let path = std::path::PathBuf::from(record["path"].as_str().unwrap_or_default());
+        let sha256 = record["bundle_sha256"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        record["archive"] = match rotation.upload_preserved(path, sha256).await {
+            Ok(location) => location,
+            Err(e) => {
+                tracing::error!(error = %e, "preserved evidence not uploaded");
+                json!({"error": e.to_string(), "code": e.code()})
+            }
+        };
+    }
     let entry = state
         .ledger()
         .event(|s, now| s.preserve_event(now, &principal.name, &reason, record.clone()))
@@ -489,25 +391,36 @@ pub async fn rotations(
     }
 }
 
-/// `POST /v1/rotations`: rotate now.
-#[utoipa::path(post, path = "/v1/rotations", responses((status = 200, description = "The run's outcome"), (status = 409, body = super::error::ErrorBody), (status = 502, body = super::error::ErrorBody)), security(("bearer" = [])))]
+/// `POST /v1/rotations`: rotate now. The run belongs to the rotator's
+/// worker: the answer is its outcome when it ends in time, else 202 with its
+/// id (`GET /v1/rotations` shows it); a failed run is retried by the worker,
+/// and its failure keeps its kind (see `ApiError`'s `From<RunFailure>`).
+#[utoipa::path(post, path = "/v1/rotations", responses((status = 200, description = "The run's outcome"), (status = 202, description = "{run_id, running: true}: the run goes on in the rotator"), (status = 409, body = super::error::ErrorBody), (status = 502, body = super::error::ErrorBody), (status = 504, body = super::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn rotate(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     principal.require(OPERATORS)?;
-    let rotation = state.rotation().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::CONFLICT,
-            "rotation_disabled",
-            "rotation is off: no bucket is configured",
+    let rotation = state.rotation().ok_or(ApiError::RotationDisabled)?;
+    // Answer before the request's time limit; the run does not depend on it.
+    let limit = state.settings().request_timeout;
+    let wait = limit
+        .saturating_sub(std::time::Duration::from_millis(250))
+        .max(limit / 2);
+    match rotation.rotate_now(principal.name.clone(), wait).await? {
+        RunAnswer::Finished {
+            run_id,
+            mut outcome,
+        } => {
+            outcome["run_id"] = json!(run_id);
+            Ok(Json(outcome).into_response())
+        }
+        RunAnswer::Running { run_id } => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"run_id": run_id, "running": true, "status": "/v1/rotations"})),
         )
-    })?;
-    rotation
-        .rotate_now(principal.name.clone())
-        .await
-        .map(Json)
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "rotation_failed", e))
+            .into_response()),
+    }
 }
 
 /// `POST /v1/verify`: verify the whole stored chain.
@@ -528,14 +441,10 @@ pub async fn verify(
 
 /// Any other path.
 pub async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+    ApiError::NotFound
 }
 
 /// A known path with another method.
 pub async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "this endpoint does not take that method",
-    )
+    ApiError::MethodNotAllowed
 }

@@ -4,6 +4,8 @@
 //! configured token (so timing reveals neither which token matched nor how
 //! long the secrets are). Secrets are never logged; the principal's name is.
 
+use std::sync::Arc;
+
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
@@ -11,7 +13,6 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::AppState;
 use super::error::ApiError;
 use crate::config::{Role, TokenSpec};
 
@@ -99,7 +100,11 @@ impl TokenTable {
 
 /// Middleware for `/v1/`: 401 without a valid bearer token; otherwise the
 /// [`Principal`] is put in the request's extensions.
-pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+pub async fn authenticate(
+    State(tokens): State<Arc<TokenTable>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let secret = req
         .headers()
         .get(AUTHORIZATION)
@@ -109,7 +114,7 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::trim);
-    match secret.and_then(|s| state.tokens().find(s)) {
+    match secret.and_then(|s| tokens.find(s)) {
         Some(principal) => {
             req.extensions_mut().insert(principal.clone());
             let mut response = next.run(req).await;
@@ -117,7 +122,7 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
             response.extensions_mut().insert(principal);
             response
         }
-        None => ApiError::unauthorized().into_response(),
+        None => ApiError::Unauthorized.into_response(),
     }
 }
 

@@ -6,15 +6,19 @@
 //! installs the signal handlers and calls these.
 //!
 //! * [`api`] — the `/v1/` handlers, `/health`, `/ready`, `/metrics`
+//! * [`entries`] — `/v1/evidence` and `/v1/entries`: reading the chain
 //! * [`agents`] — what agents' proxies read (`/v1/policy/allowed`) and the
 //!   MCP front (`/mcp/{name}`)
 //! * [`auth`] — bearer tokens and roles
 //! * [`error`] — the one place errors become status codes
 //! * [`openapi`] — the OpenAPI document, generated from the handlers
+//! * [`conn`] — the accept loop: header-read timeout and connection cap
 
 pub mod agents;
 pub mod api;
 pub mod auth;
+pub mod conn;
+pub mod entries;
 pub mod error;
 pub mod openapi;
 
@@ -25,7 +29,6 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -33,18 +36,33 @@ use serde_json::Value;
 
 use crate::ledger::Ledger;
 use crate::metrics::HttpLabels;
+use crate::rotator::run::{RotationError, RunAnswer, RunFailure};
 use auth::{Principal, TokenTable};
+pub use conn::{ConnectionLimits, serve_with};
 use error::ApiError;
 
-/// What the rotator offers the HTTP layer.
+/// What the rotator offers the HTTP layer. Its failures stay typed
+/// ([`RunFailure`] carries the rotator's [`RotationError`]) up to `ApiError`,
+/// which chooses their status.
 pub trait RotationControl: Send + Sync + 'static {
-    /// Runs a rotation now on behalf of `actor`; answers the run's outcome as JSON.
+    /// Starts a rotation run in the rotator's worker on behalf of `actor`
+    /// (or joins the run in progress) and waits at most `wait` for it: its
+    /// outcome, or [`RunAnswer::Running`] with its id when it takes longer
+    /// (the worker carries on). A failed run is retried by the worker.
     fn rotate_now(
         &self,
         actor: String,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Value, String>> + Send + '_>>;
+        wait: Duration,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<RunAnswer, RunFailure>> + Send + '_>>;
     /// The rotator's state and recent history as JSON.
     fn status(&self) -> Value;
+    /// Uploads a preserved evidence file (SHA-256 `sha256`) to the archive,
+    /// with the Object Lock retention when configured; answers where it went.
+    fn upload_preserved(
+        &self,
+        path: PathBuf,
+        sha256: String,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Value, RotationError>> + Send + '_>>;
 }
 
 /// Service settings the handlers need.
@@ -131,7 +149,8 @@ impl AppState {
     }
 }
 
-/// Every path the service answers (the metrics' route label).
+/// Every path the service answers (the metrics' route label); a test checks
+/// it against the router and the OpenAPI document.
 pub const ROUTES: &[&str] = &[
     "/health",
     "/ready",
@@ -153,11 +172,12 @@ pub const ROUTES: &[&str] = &[
 
 /// The application: every route, with auth, limits, timeouts and logging.
 pub fn router(state: AppState) -> Router {
+    let tokens = Arc::new(state.tokens().clone());
     let v1 = Router::new()
         .route("/requests", post(api::submit))
         .route("/status", get(api::status))
-        .route("/evidence", get(api::evidence))
-        .route("/entries", get(api::entries))
+        .route("/evidence", get(entries::evidence))
+        .route("/entries", get(entries::entries))
         .route("/policy", get(api::get_policy).put(api::put_policy))
         .route("/policy/allowed", get(agents::allowed))
         .route("/outcomes", post(agents::outcomes))
@@ -168,20 +188,17 @@ pub fn router(state: AppState) -> Router {
         .route("/verify", post(api::verify))
         .route("/openapi.json", get(openapi::document))
         .route_layer(middleware::from_fn_with_state(
-            state.clone(),
+            tokens.clone(),
             auth::authenticate,
         ));
     let mcp = Router::new()
         .route(
             "/mcp/{name}",
             post(agents::mcp_post)
-                .get(agents::mcp_get)
-                .delete(agents::mcp_delete),
+                .get(agents::mcp_pass)
+                .delete(agents::mcp_pass),
         )
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::authenticate,
-        ));
+        .route_layer(middleware::from_fn_with_state(tokens, auth::authenticate));
     Router::new()
         .route("/health", get(api::health))
         .route("/ready", get(api::ready))
@@ -195,7 +212,8 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Per-request: time limit, metrics, one log line.
+/// Per-request: a declared body over the limit refused at once (413, not
+/// after the body has trickled in), time limit, metrics, one log line.
 async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
@@ -215,19 +233,28 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         )
         .to_owned();
     // An MCP upstream may take long to start answering a tool call.
-    let timeout = if path.starts_with("/mcp/") {
+    let timeout = if route == "/mcp/{name}" {
         state.mcp().timeout
     } else {
         state.settings().request_timeout
     };
-    let response = match tokio::time::timeout(timeout, next.run(req)).await {
-        Ok(r) => r,
-        Err(_) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "timeout",
-            format!("the request took longer than {timeout:?}; a retry with the same request_id returns the recorded receipt"),
-        )
-        .into_response(),
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let response = if declared.is_some_and(|n| n > state.settings().max_body_bytes as u64) {
+        ApiError::PayloadTooLarge.into_response()
+    } else {
+        match tokio::time::timeout(timeout, next.run(req)).await {
+            Ok(r) => r,
+            // Only a submission has a request_id whose retry is safe.
+            Err(_) => ApiError::Timeout {
+                limit: timeout,
+                submission: route == "/v1/requests",
+            }
+            .into_response(),
+        }
     };
     let status = response.status();
     let principal = response
@@ -254,16 +281,14 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     response
 }
 
-/// Serves `router` on `listener` until `shutdown` completes; in-flight
-/// requests finish before this returns.
+/// Serves `router` on `listener` with the default [`ConnectionLimits`]
+/// until `shutdown` completes; in-flight requests finish before this returns.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_with(listener, app, shutdown, ConnectionLimits::default()).await
 }
 
 /// Completes on Ctrl-C or SIGTERM.

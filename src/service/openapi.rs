@@ -102,12 +102,13 @@ pub struct StatusSchema {
 /// `PUT /v1/policy`.
 #[derive(ToSchema)]
 #[allow(dead_code)]
-#[schema(example = json!({"policy": {"allowed_actors": ["agent-001"], "allowed_tools": ["search"], "require_tool_call": true, "max_intent_length": 1000}, "reason": "ticket OPS-12"}))]
+#[schema(example = json!({"policy": {"allowed_actors": ["agent-001"], "allowed_tools": ["search"], "require_tool_call": true, "max_intent_length": 1000, "max_param_bytes": 65536, "required_fields": ["actor", "intent", "request_id"]}, "reason": "ticket OPS-12"}))]
 pub struct PolicyUpdateSchema {
-    /// The new policy (unknown keys are refused).
+    /// The whole new policy (unknown keys are refused; a field left out
+    /// takes its default, listed in the answer's `defaulted`).
     policy: Object,
-    /// Why (recorded).
-    reason: String,
+    /// Why (recorded); optional with `dry_run`.
+    reason: Option<String>,
 }
 
 /// A body with a reason.
@@ -199,8 +200,8 @@ impl Modify for BearerAuth {
         super::api::metrics,
         super::api::submit,
         super::api::status,
-        super::api::evidence,
-        super::api::entries,
+        super::entries::evidence,
+        super::entries::entries,
         super::api::get_policy,
         super::api::put_policy,
         super::api::halt,

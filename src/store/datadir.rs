@@ -4,60 +4,42 @@
 //! ```text
 //! <data_dir>/KERNELS_FORMAT   "kernels data dir" + format version (written once, fsynced)
 //! <data_dir>/LOCK             advisory lock held by the process using the dir (+ its pid)
-//! <data_dir>/DURABLE_HEAD     a head known to be durable ("<len> <hash>"), refreshed
-//!                             after commits; a store shorter than this lost entries
+//! <data_dir>/DURABLE_HEAD     a head known to be durable ("<len> <hash>"), fsynced,
+//!                             refreshed every checkpoint interval and on a clean stop
+//! <data_dir>/LAST_COMMIT      the head of the last commit ("<len> <hash> <crc>"),
+//!                             rewritten in place after every commit, not fsynced
 //! <data_dir>/ledger/          the sled database
 //! ```
 //!
+//! The two head files are traces of how long the ledger was: a store that
+//! comes back shorter than either has lost committed entries (the ledger
+//! refuses to open it). `DURABLE_HEAD` survives a power loss; `LAST_COMMIT`
+//! costs one `pwrite` per commit and survives a crash of the process (the
+//! page cache keeps it), and since it is written after the commit's
+//! `fdatasync` it never claims more than the store has.
+//!
 //! Opening refuses, with a message that says why: a folder that has files but
 //! no marker (not a kernels data dir), a format newer than this build, and a
-//! dir another process holds. An older format is upgraded by the steps listed
-//! in [`MIGRATIONS`] (documented one file per version in `migrations/`).
+//! dir another process holds. An older format is upgraded by the steps of
+//! [`super::migrate`] (documented one file per version in `migrations/`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use super::StoreError;
+use super::fs::{sync_dir, write_atomic};
 use crate::STORAGE_FORMAT_VERSION;
 
 const MARKER: &str = "KERNELS_FORMAT";
 const LOCK: &str = "LOCK";
 const DURABLE_HEAD: &str = "DURABLE_HEAD";
+const LAST_COMMIT: &str = "LAST_COMMIT";
 const MARKER_MAGIC: &str = "kernels data dir";
 /// The sled database, inside the data dir.
 const LEDGER: &str = "ledger";
-
-/// One upgrade step: from format `from` to `from + 1`, applied to the dir.
-pub type Migration = fn(&Path) -> Result<(), StoreError>;
-
-/// Upgrade steps, indexed by the version they upgrade from; `migrations/`
-/// documents each version.
-pub const MIGRATIONS: &[(u32, Migration)] = &[(1, migrate_1_to_2), (2, migrate_2_to_3)];
-
-/// Format 2 adds the write-ahead log beside the sled database
-/// (`ledger.wal/`). A format 1 dir has none, and every commit of format 1
-/// was already durable in sled: nothing to convert; the log is created on
-/// open. The step only checks that no stray log is there.
-fn migrate_1_to_2(path: &Path) -> Result<(), StoreError> {
-    let wal = path.join("ledger.wal");
-    if wal.exists() && fs::read_dir(&wal)?.next().is_some() {
-        return Err(StoreError::DataDir(format!(
-            "{} is a format 1 data dir but already has a write-ahead log; refusing to guess",
-            path.display()
-        )));
-    }
-    Ok(())
-}
-
-/// Format 3 replaces the one sled key per request id (`r <request_id>`)
-/// by request records keyed by seq and an in-memory index of request-id
-/// fingerprints, persisted in blocks (see `sled_store`). The step converts
-/// every record, writes the fingerprint blocks and rewrites the database
-/// compactly; an interrupted run is simply run again.
-fn migrate_2_to_3(path: &Path) -> Result<(), StoreError> {
-    super::sled_store::migrate_request_records(&path.join(LEDGER))
-}
 
 /// An open, locked data directory.
 #[derive(Debug)]
@@ -69,6 +51,8 @@ pub struct DataDir {
     pub opened_version: u32,
     /// Whether the dir was created by this open.
     pub created: bool,
+    /// `LAST_COMMIT`, opened at the first commit noted.
+    last_commit: OnceLock<File>,
 }
 
 impl DataDir {
@@ -129,23 +113,13 @@ impl DataDir {
                 path.display()
             )));
         }
-        let mut current = version;
-        while current < STORAGE_FORMAT_VERSION {
-            let step = MIGRATIONS
-                .iter()
-                .find(|(from, _)| *from == current)
-                .ok_or_else(|| {
-                    StoreError::DataDir(format!("no migration from storage format {current}"))
-                })?;
-            (step.1)(path)?;
-            current += 1;
-            write_marker(path, current)?;
-        }
+        super::migrate::upgrade(path, version, |done| write_marker(path, done))?;
         Ok(DataDir {
             path: path.to_owned(),
             _lock: lock,
             opened_version: version,
             created,
+            last_commit: OnceLock::new(),
         })
     }
 
@@ -178,12 +152,63 @@ impl DataDir {
 
     /// Records a head that is durable in the store (atomically: write, fsync, rename).
     pub fn set_durable_head(&self, len: u64, hash: &str) -> Result<(), StoreError> {
-        write_atomic(
+        Ok(write_atomic(
             &self.path,
             DURABLE_HEAD,
             format!("{len} {hash}\n").as_bytes(),
-        )
+        )?)
     }
+
+    /// Notes the head of a commit that just became durable in the store: one
+    /// `pwrite` of a fixed-size line, not fsynced (see the module doc).
+    pub fn note_commit(&self, len: u64, hash: &str) -> Result<(), StoreError> {
+        let file = match self.last_commit.get() {
+            Some(file) => file,
+            None => {
+                let file = OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(self.path.join(LAST_COMMIT))?;
+                sync_dir(&self.path)?;
+                self.last_commit.get_or_init(|| file)
+            }
+        };
+        file.write_all_at(last_commit_line(len, hash).as_bytes(), 0)?;
+        Ok(())
+    }
+
+    /// The head of the last commit noted, if `LAST_COMMIT` is there and
+    /// whole (a line torn by a power loss is ignored, with a warning).
+    pub fn last_commit(&self) -> Result<Option<(u64, String)>, StoreError> {
+        let text = match fs::read_to_string(self.path.join(LAST_COMMIT)) {
+            Ok(text) => text,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let parsed = text.lines().next().and_then(|line| {
+            let mut parts = line.split(' ');
+            let (len, hash, crc) = (parts.next()?, parts.next()?, parts.next()?);
+            let body = format!("{len} {hash}");
+            (u32::from_str_radix(crc, 16).ok()? == crc32fast::hash(body.as_bytes()))
+                .then(|| Some((len.parse().ok()?, hash.to_owned())))?
+        });
+        if parsed.is_none() {
+            tracing::warn!(
+                file = %self.path.join(LAST_COMMIT).display(),
+                "the last-commit note is unreadable (torn by a power loss?); ignoring it"
+            );
+        }
+        Ok(parsed)
+    }
+}
+
+/// `LAST_COMMIT`'s line: always the same length for a 64-hex hash, so an
+/// overwrite in place leaves no tail of an older line.
+fn last_commit_line(len: u64, hash: &str) -> String {
+    let body = format!("{len:020} {hash}");
+    let crc = crc32fast::hash(body.as_bytes());
+    format!("{body} {crc:08x}\n")
 }
 
 fn lock(path: &Path) -> Result<File, StoreError> {
@@ -234,29 +259,11 @@ fn parse_marker(text: &str, path: &Path) -> Result<u32, StoreError> {
 }
 
 fn write_marker(path: &Path, version: u32) -> Result<(), StoreError> {
-    write_atomic(
+    Ok(write_atomic(
         path,
         MARKER,
         format!("{MARKER_MAGIC}\nformat_version={version}\n").as_bytes(),
-    )
-}
-
-fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, dir.join(name))?;
-    sync_dir(dir)?;
-    Ok(())
-}
-
-/// fsyncs a directory, so that new or renamed entries in it are durable.
-pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)?.sync_all()?;
-    Ok(())
+    )?)
 }
 
 #[cfg(test)]
@@ -308,15 +315,35 @@ mod tests {
 
     #[test]
     fn a_relative_single_component_path_works() {
+        // `DataDir::open("data-rel")`, relative to the current directory:
+        // its parent is the empty path, which must be taken for ".". Run as
+        // a child process (the test binary itself, this test only) so that
+        // changing the current directory does not disturb other tests.
+        const CHILD: &str = "KERNELS_TEST_RELATIVE_DATA_DIR";
+        if std::env::var_os(CHILD).is_some() {
+            assert_eq!(Path::new("data-rel").parent(), Some(Path::new("")));
+            let dir = DataDir::open(Path::new("data-rel"), true).unwrap();
+            assert!(dir.created);
+            assert!(Path::new("data-rel").join(MARKER).exists());
+            return;
+        }
         let tmp = tempfile::tempdir().unwrap();
-        let name = tmp.path().file_name().unwrap().to_owned();
-        let parent = tmp.path().parent().unwrap();
-        // `DataDir::open("x")` relative to the current dir: emulate with a
-        // path whose parent is the empty path.
-        let rel = Path::new(&name).join("data-rel");
-        let abs = parent.join(&rel);
-        assert!(DataDir::open(&abs, true).is_ok());
-        assert_eq!(Path::new("data").parent(), Some(Path::new("")));
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "store::datadir::tests::a_relative_single_component_path_works",
+                "--nocapture",
+            ])
+            .env(CHILD, "1")
+            .current_dir(tmp.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(tmp.path().join("data-rel").join(MARKER).exists());
     }
 
     #[test]
@@ -326,5 +353,23 @@ mod tests {
         assert_eq!(dir.durable_head().unwrap(), None);
         dir.set_durable_head(5, "abc").unwrap();
         assert_eq!(dir.durable_head().unwrap(), Some((5, "abc".to_owned())));
+    }
+
+    #[test]
+    fn the_last_commit_is_noted_in_place_and_a_torn_note_is_ignored() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::open(tmp.path(), true).unwrap();
+        assert_eq!(dir.last_commit().unwrap(), None);
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        dir.note_commit(9_999, &a).unwrap();
+        dir.note_commit(10_000, &b).unwrap();
+        assert_eq!(dir.last_commit().unwrap(), Some((10_000, b.clone())));
+        dir.note_commit(7, &a).unwrap();
+        assert_eq!(dir.last_commit().unwrap(), Some((7, a)));
+        let path = tmp.path().join(LAST_COMMIT);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[30] ^= 1;
+        fs::write(&path, bytes).unwrap();
+        assert_eq!(dir.last_commit().unwrap(), None);
     }
 }

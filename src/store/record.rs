@@ -1,4 +1,4 @@
-//! The stored form of an entry (storage format 1), and of the side records.
+//! The stored form of an entry (storage format 1).
 //!
 //! An entry is stored as its hash preimage: a small binary header (seq, the
 //! raw `prev_hash` and `entry_hash`) followed by the canonical JSON of its 19
@@ -17,12 +17,11 @@
 //! [77+n..]    canonical JSON of the payload (absent when empty)
 //! ```
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::entry::{Entry, Text};
-use crate::kernel::Status;
 
 const RECORD_VERSION: u8 = 1;
 const HEADER: usize = 77;
@@ -183,24 +182,6 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, RecordError> {
         permit_max_executions: f.permit_max_executions,
         payload,
     })
-}
-
-/// What is remembered of a submitted request, for idempotent retries.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RequestRecord {
-    /// The submitted `request_id`. (Format 2 kept it only in the record's
-    /// key, hence the default when such a record is read for migration.)
-    #[serde(default)]
-    pub request_id: String,
-    /// Seq of the entry that recorded the decision.
-    pub seq: u64,
-    /// Canonical hash of the submitted request object.
-    pub content_hash: String,
-    /// Receipt status.
-    pub status: Status,
-    /// The tool's result, if one ran.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tool_result: Option<Value>,
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::StoreError;
-use super::datadir::sync_dir;
+use super::fs::sync_dir;
 
 /// One batch: the key/value pairs of one atomic sled batch.
 pub type Batch = Vec<(Vec<u8>, Vec<u8>)>;
@@ -45,8 +45,13 @@ pub struct NextGeneration {
 
 /// The write-ahead log.
 pub struct Wal {
-    dir: PathBuf,
     state: Mutex<State>,
+}
+
+/// The right to rotate the log and delete old generations. [`Wal::open`]
+/// makes exactly one, and it cannot be cloned: one thread rotates.
+pub struct WalRotator {
+    dir: PathBuf,
 }
 
 fn file_name(generation: u64) -> String {
@@ -110,31 +115,46 @@ fn decode_payload(payload: &[u8]) -> Option<Batch> {
     (at == payload.len()).then_some(batch)
 }
 
+/// The frame starting at `at`, if a whole, intact one does: its length
+/// (header included) and its batch.
+fn frame_at(bytes: &[u8], at: usize) -> Option<(usize, Batch)> {
+    let header = bytes.get(at..at + 8)?;
+    let len = u32::from_be_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_be_bytes(header[4..8].try_into().expect("4 bytes"));
+    // Every payload starts with its pair count, and each pair takes at
+    // least 8 bytes: a cheap test before the CRC of a candidate.
+    let payload = bytes.get(at + 8..at + 8 + len)?;
+    let count = u32::from_be_bytes(payload.get(..4)?.try_into().expect("4 bytes")) as usize;
+    if count.saturating_mul(8) > len || crc32fast::hash(payload) != crc {
+        return None;
+    }
+    decode_payload(payload).map(|batch| (8 + len, batch))
+}
+
 /// Reads the frames of one generation; `Err(offset)` for a bad frame that
-/// is followed by more data, `Ok((batches, torn))` otherwise.
+/// is followed by anything that parses as a frame, `Ok((batches, torn))`
+/// otherwise.
+///
+/// Only the last frame can be torn (it was being written when the process
+/// died, and was never acknowledged). A bad frame followed by a good one is
+/// damage to acknowledged data, whatever the bad frame claims: a length that
+/// runs past the end of the file (a flipped high byte) must not hide the
+/// frames after it. So after a bad frame every later offset is tried.
 fn read_generation(bytes: &[u8]) -> Result<(Vec<Batch>, bool), usize> {
     let mut out = Vec::new();
     let mut at = 0;
     while at < bytes.len() {
-        let header = bytes.get(at..at + 8);
-        let frame = header.and_then(|h| {
-            let len = u32::from_be_bytes(h[..4].try_into().expect("4 bytes")) as usize;
-            let crc = u32::from_be_bytes(h[4..8].try_into().expect("4 bytes"));
-            let payload = bytes.get(at + 8..at + 8 + len)?;
-            (crc32fast::hash(payload) == crc).then_some((len, payload))
-        });
-        match frame.and_then(|(len, p)| decode_payload(p).map(|b| (len, b))) {
+        match frame_at(bytes, at) {
             Some((len, batch)) => {
                 out.push(batch);
-                at += 8 + len;
+                at += len;
             }
             None => {
-                // A torn tail: the rest of the file is this one frame.
-                let claimed = bytes
-                    .get(at..at + 4)
-                    .map(|h| 8 + u32::from_be_bytes(h.try_into().expect("4 bytes")) as usize);
-                let is_tail = claimed.is_none_or(|c| at + c >= bytes.len());
-                return if is_tail { Ok((out, true)) } else { Err(at) };
+                return if (at + 1..bytes.len()).any(|later| frame_at(bytes, later).is_some()) {
+                    Err(at)
+                } else {
+                    Ok((out, true))
+                };
             }
         }
     }
@@ -143,8 +163,9 @@ fn read_generation(bytes: &[u8]) -> Result<(Vec<Batch>, bool), usize> {
 
 impl Wal {
     /// Opens the log in `dir` and returns the batches it still holds, in
-    /// order, for the caller to apply; then starts a new generation.
-    pub fn open(dir: &Path) -> Result<(Wal, Vec<Batch>), StoreError> {
+    /// order, for the caller to apply; then starts a new generation. The
+    /// [`WalRotator`] is the only handle that rotates it.
+    pub fn open(dir: &Path) -> Result<(Wal, WalRotator, Vec<Batch>), StoreError> {
         fs::create_dir_all(dir)?;
         let gens = generations(dir)?;
         let mut batches = Vec::new();
@@ -178,17 +199,30 @@ impl Wal {
                 }
             }
         }
+        // Generations are created one after the other and deleted oldest
+        // first: a gap means a log holding committed batches is gone.
+        if let Some(pair) = gens.windows(2).find(|w| w[1] != w[0] + 1) {
+            return Err(StoreError::DataDir(format!(
+                "write-ahead log generation {} is missing from {} (it lies between {} and {}); refusing to start",
+                pair[0] + 1,
+                dir.display(),
+                file_name(pair[0]),
+                file_name(pair[1])
+            )));
+        }
         let generation = gens.last().map_or(1, |g| g + 1);
         let file = new_generation(dir, generation)?;
         Ok((
             Wal {
-                dir: dir.to_owned(),
                 state: Mutex::new(State {
                     generation,
                     file,
                     staged: Vec::new(),
                     committed: 0,
                 }),
+            },
+            WalRotator {
+                dir: dir.to_owned(),
             },
             batches,
         ))
@@ -221,14 +255,15 @@ impl Wal {
     pub fn committed_bytes(&self) -> u64 {
         self.lock().committed
     }
+}
 
+impl WalRotator {
     /// Creates the file of the next generation, if the current one holds
     /// data — the slow part of a rotation (a create and a directory fsync),
-    /// done before [`Wal::rotate`] without blocking commits. Only one
-    /// thread may rotate.
-    pub fn prepare_rotation(&self) -> Result<Option<NextGeneration>, StoreError> {
+    /// done before [`WalRotator::rotate`] without blocking commits.
+    pub fn prepare_rotation(&mut self, wal: &Wal) -> Result<Option<NextGeneration>, StoreError> {
         let next = {
-            let s = self.lock();
+            let s = wal.lock();
             if s.committed == 0 {
                 return Ok(None);
             }
@@ -243,8 +278,10 @@ impl Wal {
     /// Starts the prepared generation; returns the generation closed (every
     /// batch in it and before it is then older than anything committed
     /// later).
-    pub fn rotate(&self, next: NextGeneration) -> u64 {
-        let mut s = self.lock();
+    pub fn rotate(&mut self, wal: &Wal, next: NextGeneration) -> u64 {
+        let mut s = wal.lock();
+        // Only this (unique) rotator prepares generations, so the prepared
+        // one is always the next.
         debug_assert_eq!(s.generation + 1, next.generation, "one rotating thread");
         let old = s.generation;
         s.generation = next.generation;
@@ -255,14 +292,14 @@ impl Wal {
 
     /// Deletes every generation older than the current one (after their
     /// batches were made durable in sled).
-    pub fn remove_older_generations(&self) -> Result<(), StoreError> {
-        let current = self.lock().generation;
+    pub fn remove_older_generations(&mut self, wal: &Wal) -> Result<(), StoreError> {
+        let current = wal.lock().generation;
         self.remove_through(current - 1)
     }
 
     /// Deletes the generations up to and including `generation` (their
     /// batches are durable in sled).
-    pub fn remove_through(&self, generation: u64) -> Result<(), StoreError> {
+    pub fn remove_through(&mut self, generation: u64) -> Result<(), StoreError> {
         let mut removed = false;
         for g in generations(&self.dir)? {
             if g <= generation {
@@ -303,21 +340,22 @@ mod tests {
     fn committed_batches_come_back_and_rotation_drops_old_ones() {
         let tmp = tempfile::tempdir().unwrap();
         {
-            let (wal, old) = Wal::open(tmp.path()).unwrap();
+            let (wal, _, old) = Wal::open(tmp.path()).unwrap();
             assert!(old.is_empty());
             stage(&wal, &batch(1));
             stage(&wal, &batch(2));
             wal.commit().unwrap();
             stage(&wal, &batch(3)); // staged, never committed
         }
-        let (wal, back) = Wal::open(tmp.path()).unwrap();
+        let (wal, mut rotator, back) = Wal::open(tmp.path()).unwrap();
         assert_eq!(back, vec![batch(1), batch(2)]);
         stage(&wal, &batch(4));
         wal.commit().unwrap();
-        let closed = wal.rotate(wal.prepare_rotation().unwrap().unwrap());
-        wal.remove_through(closed).unwrap();
+        let next = rotator.prepare_rotation(&wal).unwrap().unwrap();
+        let closed = rotator.rotate(&wal, next);
+        rotator.remove_through(closed).unwrap();
         drop(wal);
-        let (_, back) = Wal::open(tmp.path()).unwrap();
+        let (_, _, back) = Wal::open(tmp.path()).unwrap();
         assert!(back.is_empty(), "{back:?}");
     }
 
@@ -325,7 +363,7 @@ mod tests {
     fn a_torn_tail_is_dropped_but_damage_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
         {
-            let (wal, _) = Wal::open(tmp.path()).unwrap();
+            let (wal, _, _) = Wal::open(tmp.path()).unwrap();
             stage(&wal, &batch(1));
             stage(&wal, &batch(2));
             wal.commit().unwrap();
@@ -338,7 +376,7 @@ mod tests {
         // A crash between creating the next generation and switching to it
         // leaves it empty after the torn one: still just a torn tail.
         fs::write(tmp.path().join(file_name(2)), b"").unwrap();
-        let (_, back) = Wal::open(tmp.path()).unwrap();
+        let (_, _, back) = Wal::open(tmp.path()).unwrap();
         assert_eq!(back, vec![batch(1)]);
         // (That open started generation 3 and left 1 and 2 for the caller.)
         fs::remove_file(tmp.path().join(file_name(2))).unwrap();
@@ -353,5 +391,62 @@ mod tests {
         bad[12] ^= 1;
         fs::write(&g0, &bad).unwrap();
         assert!(Wal::open(tmp.path()).is_err());
+    }
+
+    /// Three committed frames in one generation, and where each starts.
+    fn three_frames(dir: &Path) -> (PathBuf, Vec<u8>, Vec<usize>) {
+        {
+            let (wal, _, _) = Wal::open(dir).unwrap();
+            for n in 1..=3 {
+                stage(&wal, &batch(n));
+                wal.commit().unwrap();
+            }
+        }
+        let path = dir.join(file_name(1));
+        let bytes = fs::read(&path).unwrap();
+        let one = encode_frame(&[(&[b'k', 1][..], &[1u8; 100][..]), (&b"m"[..], &[1u8][..])]).len();
+        (path, bytes, vec![0, one, 2 * one])
+    }
+
+    #[test]
+    fn a_bad_length_before_a_good_frame_is_damage_not_a_torn_tail() {
+        // The high byte of the second frame's length flipped: it claims to
+        // run past the end of the file, but the third frame is intact.
+        let tmp = tempfile::tempdir().unwrap();
+        let (path, mut bytes, starts) = three_frames(tmp.path());
+        bytes[starts[1]] ^= 0x80;
+        fs::write(&path, &bytes).unwrap();
+        let err = Wal::open(tmp.path()).err().expect("damage is refused");
+        let text = err.to_string();
+        assert!(
+            text.contains(&path.display().to_string())
+                && text.contains(&format!("byte {}", starts[1])),
+            "{text}"
+        );
+        // A flipped CRC of the same frame: the same.
+        let tmp = tempfile::tempdir().unwrap();
+        let (path, mut bytes, starts) = three_frames(tmp.path());
+        bytes[starts[1] + 5] ^= 0x01;
+        fs::write(&path, &bytes).unwrap();
+        assert!(Wal::open(tmp.path()).is_err());
+    }
+
+    #[test]
+    fn a_bad_length_in_the_last_frame_is_a_torn_tail() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (path, mut bytes, starts) = three_frames(tmp.path());
+        bytes[starts[2]] ^= 0x80;
+        fs::write(&path, &bytes).unwrap();
+        let (_, _, back) = Wal::open(tmp.path()).unwrap();
+        assert_eq!(back, vec![batch(1), batch(2)]);
+    }
+
+    #[test]
+    fn a_missing_generation_between_two_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_, bytes, _) = three_frames(tmp.path());
+        fs::write(tmp.path().join(file_name(3)), &bytes).unwrap();
+        let err = Wal::open(tmp.path()).err().expect("a gap is refused");
+        assert!(err.to_string().contains("generation 2 is missing"), "{err}");
     }
 }

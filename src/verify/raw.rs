@@ -246,7 +246,7 @@ pub(super) fn link(raw: &[u8], scratch: &mut Scratch) -> Option<HashedLink> {
                 preimage.extend_from_slice(&canon.as_bytes()[start..]);
             }
             Slot::Uint(digits, _) => preimage.extend_from_slice(digits),
-            // An empty list hashes as null (CONTRACT §2).
+            // An empty list hashes as null (as the Python library writes it).
             Slot::List(a, b) if a == b => preimage.extend_from_slice(b"null"),
             Slot::List(a, b) => preimage.extend_from_slice(&canon.as_bytes()[a..b]),
             Slot::Json(_) => return None, // no hashed field holds any JSON

@@ -18,11 +18,7 @@ use std::time::{Duration, Instant};
 pub const BIN: &str = env!("CARGO_BIN_EXE_kernels");
 
 /// Tokens of the three roles, passed through the quick-start variables.
-pub const OPERATOR: &str = "operator-token-0001";
-/// Auditor token.
-pub const AUDITOR: &str = "auditor-token-0001";
-/// Agent token (may act as any actor).
-pub const AGENT: &str = "agent-token-0001";
+pub use super::{AGENT, AUDITOR, OPERATOR};
 
 /// How long a one-shot command may take before the test fails.
 pub const COMMAND_DEADLINE: Duration = Duration::from_secs(60);
@@ -242,7 +238,17 @@ impl Server {
     /// Starts `kernels serve` and waits until it serves and `/ready` is 200;
     /// if it exits instead, answers its exit code and stderr.
     pub fn try_start(config: &ServeConfig) -> Result<Server, StartFailure> {
+        Self::try_start_env(config, &[])
+    }
+
+    /// [`Server::try_start`] with extra environment variables (rotation
+    /// settings, S3 credentials, fault injection).
+    pub fn try_start_env(
+        config: &ServeConfig,
+        env: &[(String, String)],
+    ) -> Result<Server, StartFailure> {
         let mut cmd = command(&config.cwd);
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         cmd.args(config.args())
             .env("KERNELS_OPERATOR_TOKEN", OPERATOR)
             .env("KERNELS_AUDITOR_TOKEN", AUDITOR)
@@ -313,7 +319,12 @@ impl Server {
 
     /// Starts `kernels serve`; panics when it does not come up.
     pub fn start(config: &ServeConfig) -> Server {
-        Self::try_start(config).unwrap_or_else(|f| {
+        Self::start_env(config, &[])
+    }
+
+    /// [`Server::start`] with extra environment variables.
+    pub fn start_env(config: &ServeConfig, env: &[(String, String)]) -> Server {
+        Self::try_start_env(config, env).unwrap_or_else(|f| {
             panic!(
                 "kernels serve exited with {:?} instead of serving:\n{}",
                 f.code, f.stderr
@@ -366,6 +377,21 @@ impl Server {
             let _ = r.join();
         }
         (status.code(), self.stderr())
+    }
+
+    /// Waits at most `limit` for the process to exit by itself (e.g. a fault
+    /// injection that aborts it); answers its exit status.
+    pub fn wait_exit(mut self, limit: Duration) -> ExitStatus {
+        let status = wait_deadline(&mut self.child, limit).unwrap_or_else(|| {
+            panic!(
+                "kernels serve did not exit within {limit:?}: {}",
+                self.stderr()
+            )
+        });
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        status
     }
 
     /// SIGKILL, then reaps the process.

@@ -1,156 +1,38 @@
 //! Configuration: the file, then `KERNELS_*` environment variables, then
 //! command-line flags — validated into one typed [`Config`] in one place.
 //!
-//! The raw layer mirrors `config/kernels.yaml` (CONTRACT §7) with
+//! The raw layer (`raw.rs`) mirrors `config/kernels.yaml` (every key is
+//! described there and in README.md, "Configuration") with
 //! `deny_unknown_fields`, so a misspelt key is an error that names it. The
-//! typed layer has every default filled, every duration parsed, every token
-//! secret read, and the policy file loaded.
+//! typed layer here has every default filled, every duration parsed
+//! (`duration.rs`), every token secret read, and the policy file loaded;
+//! the `mcp:` section is checked in `mcp.rs`.
+
+mod duration;
+mod error;
+mod mcp;
+mod raw;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+pub use duration::{MAX_DURATION, parse_duration};
+use duration::{count_setting, duration_setting};
+pub use error::ConfigError;
+use error::err;
+pub use mcp::{McpConfig, McpServer};
+pub use raw::{
+    RawConfig, RawKernel, RawLimits, RawMcp, RawMcpServer, RawObjectLock, RawPermits, RawRotation,
+    RawStorage, RawToken, read_raw,
+};
 
 use crate::kernel::permit::{Keyring, keyring_from_hex};
 use crate::kernel::{Policy, Variant};
 
 /// The policy used when no policy file exists: the playbook's example.
 pub const EMBEDDED_POLICY: &str = "allowed_actors: [agent-001, agent-002]\nallowed_tools: [read_file, write_file, search]\nrequire_tool_call: true\nmax_intent_length: 1000\n";
-
-/// A configuration problem, with the key or file it concerns.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("configuration: {0}")]
-pub struct ConfigError(pub String);
-
-fn err(msg: impl Into<String>) -> ConfigError {
-    ConfigError(msg.into())
-}
-
-/// `config/kernels.yaml` as written.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawConfig {
-    /// `kernel:` section.
-    pub kernel: Option<RawKernel>,
-    /// `data_dir:`.
-    pub data_dir: Option<PathBuf>,
-    /// `listen:`.
-    pub listen: Option<String>,
-    /// `policy_file:`.
-    pub policy_file: Option<PathBuf>,
-    /// `tokens:`.
-    #[serde(default)]
-    pub tokens: Vec<RawToken>,
-    /// `rotation:`.
-    pub rotation: Option<RawRotation>,
-    /// `permits:` (ours): the permit keyring.
-    pub permits: Option<RawPermits>,
-    /// `limits:` (ours): HTTP limits.
-    pub limits: Option<RawLimits>,
-    /// `storage:` (ours): engine tuning.
-    pub storage: Option<RawStorage>,
-    /// `external_tools:` (ours): tools the kernel authorises but does not
-    /// run — the agent runs them after an ALLOW.
-    #[serde(default)]
-    pub external_tools: Vec<String>,
-    /// `mcp:` (ours): MCP servers fronted at `/mcp/{name}`.
-    pub mcp: Option<crate::mcp::config::RawMcp>,
-}
-
-/// `kernel:` section.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawKernel {
-    /// Kernel id.
-    pub id: Option<String>,
-    /// Variant name.
-    pub variant: Option<String>,
-}
-
-/// One entry of `tokens:`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawToken {
-    /// Read the secret from this environment variable.
-    pub token_env: Option<String>,
-    /// Read the secret from this file.
-    pub token_file: Option<PathBuf>,
-    /// `agent`, `auditor` or `operator`.
-    pub role: String,
-    /// Actors an agent token may submit as (`"*"` = any).
-    pub actors: Option<Vec<String>>,
-    /// A name for the principal (shown in logs and records; never the secret).
-    pub name: Option<String>,
-}
-
-/// `rotation:` section.
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawRotation {
-    /// Interval between rotations (`7d`, `12h`, `30m`, `10s`).
-    pub interval: Option<String>,
-    /// Bucket; rotation is off without one.
-    pub bucket: Option<String>,
-    /// Key prefix.
-    pub prefix: Option<String>,
-    /// Region.
-    pub region: Option<String>,
-    /// Endpoint of an S3-compatible store.
-    pub endpoint: Option<String>,
-    /// Path-style addressing.
-    pub force_path_style: Option<bool>,
-    /// Object Lock retention for uploaded objects.
-    pub object_lock: Option<RawObjectLock>,
-}
-
-/// `rotation.object_lock:`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawObjectLock {
-    /// `GOVERNANCE` or `COMPLIANCE`.
-    pub mode: String,
-    /// Retention in days.
-    pub days: u32,
-}
-
-/// `permits:` section.
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawPermits {
-    /// Key id → environment variable holding the hex secret.
-    #[serde(default)]
-    pub keys_env: BTreeMap<String, String>,
-    /// Key id → file holding the hex secret.
-    #[serde(default)]
-    pub keys_file: BTreeMap<String, PathBuf>,
-    /// Jurisdiction permits must name (default `default`).
-    pub jurisdiction: Option<String>,
-}
-
-/// `limits:` section.
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawLimits {
-    /// Largest request body in bytes (default 1 MiB).
-    pub max_body_bytes: Option<usize>,
-    /// Request timeout (default `10s`).
-    pub request_timeout: Option<String>,
-}
-
-/// `storage:` section.
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawStorage {
-    /// sled page cache in MiB (default 1: sled holds several times this).
-    pub cache_mb: Option<u64>,
-    /// Entries between state checkpoints (default 10000).
-    pub checkpoint_every: Option<u64>,
-    /// How much of the stored chain `serve` verifies before it starts:
-    /// `full` (default) or `checkpoint` (from the last state checkpoint).
-    pub verify_on_start: Option<String>,
-}
 
 /// Token roles, from least to most powerful.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -234,6 +116,8 @@ pub struct RotationConfig {
     pub force_path_style: bool,
     /// Object Lock retention.
     pub object_lock: Option<ObjectLock>,
+    /// Longest time one run's archive work may take before it counts as failed.
+    pub attempt_timeout: Duration,
 }
 
 /// The validated configuration.
@@ -267,14 +151,21 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Request timeout.
     pub request_timeout: Duration,
+    /// Header-read (and keep-alive idle) timeout of a connection.
+    pub header_timeout: Duration,
+    /// Most connections served at once, as configured (`None`: as many as
+    /// the open-file limit allows; see `service::conn`).
+    pub max_connections: Option<usize>,
     /// sled cache in bytes.
     pub cache_bytes: u64,
     /// Entries between checkpoints.
     pub checkpoint_every: u64,
     /// Whether `serve` verifies every stored entry before it starts.
     pub verify_full_on_start: bool,
+    /// Alerts, when a webhook is set.
+    pub alerts: Option<crate::alerts::AlertsConfig>,
     /// The MCP servers fronted at `/mcp/{name}`.
-    pub mcp: crate::mcp::config::McpConfig,
+    pub mcp: McpConfig,
 }
 
 /// Values from the command line (they override everything).
@@ -292,61 +183,6 @@ pub struct Overrides {
     pub kernel_id: Option<String>,
     /// `--variant`.
     pub variant: Option<String>,
-}
-
-/// Parses a duration like `7d`, `12h`, `30m`, `10s`, `250ms`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("'{text}' is not a duration (use s, m, h or d units, e.g. 7d)"))?;
-    let secs = match unit.trim() {
-        "ms" => return Ok(Duration::from_millis(n)),
-        "s" | "" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        other => {
-            return Err(format!(
-                "'{text}': unknown unit '{other}' (use s, m, h or d)"
-            ));
-        }
-    };
-    if n == 0 {
-        return Err(format!("'{text}': a duration must be positive"));
-    }
-    Ok(Duration::from_secs(secs))
-}
-
-/// Reads the raw config file, if any: `--config`, else `KERNELS_CONFIG`,
-/// else `config/kernels.yaml` when it exists.
-pub fn read_raw(
-    explicit: Option<&Path>,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<(RawConfig, Option<PathBuf>), ConfigError> {
-    let path = match explicit {
-        Some(p) => Some(p.to_owned()),
-        None => match env("KERNELS_CONFIG") {
-            Some(p) => Some(PathBuf::from(p)),
-            None => {
-                let default = PathBuf::from("config/kernels.yaml");
-                default.exists().then_some(default)
-            }
-        },
-    };
-    let Some(path) = path else {
-        return Ok((RawConfig::default(), None));
-    };
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
-    let raw: RawConfig = if text.trim().is_empty() {
-        RawConfig::default()
-    } else {
-        serde_norway::from_str(&text).map_err(|e| err(format!("{}: {e}", path.display())))?
-    };
-    Ok((raw, Some(path)))
 }
 
 impl Config {
@@ -530,7 +366,6 @@ impl Config {
             ("KERNELS_ROTATION_PREFIX", &mut rotation_raw.prefix),
             ("KERNELS_ROTATION_REGION", &mut rotation_raw.region),
             ("KERNELS_ROTATION_ENDPOINT", &mut rotation_raw.endpoint),
-            ("KERNELS_ROTATION_INTERVAL", &mut rotation_raw.interval),
         ] {
             if let Some(v) = env(var) {
                 *slot = Some(v);
@@ -539,8 +374,26 @@ impl Config {
         if let Some(v) = env("KERNELS_ROTATION_FORCE_PATH_STYLE") {
             rotation_raw.force_path_style = Some(matches!(v.as_str(), "1" | "true" | "yes"));
         }
-        let interval = parse_duration(rotation_raw.interval.as_deref().unwrap_or("7d"))
-            .map_err(|e| err(format!("rotation.interval: {e}")))?;
+        let interval = duration_setting(
+            "rotation.interval",
+            "KERNELS_ROTATION_INTERVAL",
+            rotation_raw.interval.as_deref(),
+            "7d",
+            env,
+        )?;
+        if env("KERNELS_ROTATION_INTERVAL").is_some() {
+            rotation_raw.interval = env("KERNELS_ROTATION_INTERVAL");
+        }
+        let attempt_timeout = duration_setting(
+            "rotation.attempt_timeout",
+            "KERNELS_ROTATION_ATTEMPT_TIMEOUT",
+            rotation_raw.attempt_timeout.as_deref(),
+            "10m",
+            env,
+        )?;
+        if env("KERNELS_ROTATION_ATTEMPT_TIMEOUT").is_some() {
+            rotation_raw.attempt_timeout = env("KERNELS_ROTATION_ATTEMPT_TIMEOUT");
+        }
         let object_lock = match &rotation_raw.object_lock {
             Some(l) => {
                 let mode = l.mode.to_ascii_uppercase();
@@ -578,6 +431,7 @@ impl Config {
                 endpoint: rotation_raw.endpoint.clone().filter(|e| !e.is_empty()),
                 force_path_style: rotation_raw.force_path_style.unwrap_or(false),
                 object_lock: object_lock.clone(),
+                attempt_timeout,
             });
 
         let permits = raw.permits.unwrap_or_default();
@@ -606,8 +460,29 @@ impl Config {
         if max_body_bytes < 1024 {
             return Err(err("limits.max_body_bytes must be at least 1024"));
         }
-        let request_timeout = parse_duration(limits.request_timeout.as_deref().unwrap_or("10s"))
-            .map_err(|e| err(format!("limits.request_timeout: {e}")))?;
+        let request_timeout = duration_setting(
+            "limits.request_timeout",
+            "KERNELS_REQUEST_TIMEOUT",
+            limits.request_timeout.as_deref(),
+            "10s",
+            env,
+        )?;
+        let header_timeout = duration_setting(
+            "limits.header_timeout",
+            "KERNELS_HEADER_TIMEOUT",
+            limits.header_timeout.as_deref(),
+            "10s",
+            env,
+        )?;
+        let max_connections = count_setting(
+            "limits.max_connections",
+            "KERNELS_MAX_CONNECTIONS",
+            limits.max_connections,
+            env,
+        )?;
+        if max_connections == Some(0) {
+            return Err(err("limits.max_connections must be at least 1"));
+        }
         let storage = raw.storage.unwrap_or_default();
         let verify_full_on_start = match storage.verify_on_start.as_deref() {
             None | Some("full") => true,
@@ -618,6 +493,10 @@ impl Config {
                 )));
             }
         };
+
+        let alerts =
+            crate::alerts::AlertsConfig::from_raw(raw.alerts, env, parse_duration).map_err(err)?;
+        let mcp = McpConfig::from_raw(raw.mcp.unwrap_or_default(), env)?;
 
         Ok(Config {
             kernel_id,
@@ -637,110 +516,16 @@ impl Config {
             external_tools: raw.external_tools.into_iter().collect(),
             max_body_bytes,
             request_timeout,
+            header_timeout,
+            max_connections,
             cache_bytes: storage.cache_mb.unwrap_or(1) * 1024 * 1024,
             checkpoint_every: storage.checkpoint_every.unwrap_or(10_000).max(1),
             verify_full_on_start,
-            mcp: crate::mcp::config::McpConfig::from_raw(raw.mcp.unwrap_or_default())
-                .map_err(err)?,
+            alerts,
+            mcp,
         })
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: BTreeMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        move |k| map.get(k).cloned()
-    }
-
-    #[test]
-    fn the_contract_example_loads() {
-        let text = "kernel:\n  id: prod-001\n  variant: strict\ndata_dir: ./data\nlisten: 127.0.0.1:8080\npolicy_file: config/policy.yaml\ntokens: []\nrotation:\n  interval: 7d\n  bucket: my-archive-bucket\n  prefix: kernels-archive\n  region: us-east-1\n  endpoint: http://127.0.0.1:9000\n  force_path_style: true\n";
-        let raw: RawConfig = serde_norway::from_str(text).unwrap();
-        let cfg = Config::from_raw(raw, &Overrides::default(), &env_of(&[])).unwrap();
-        assert_eq!(cfg.kernel_id, "prod-001");
-        let rot = cfg.rotation.unwrap();
-        assert_eq!(rot.interval, Duration::from_secs(7 * 86_400));
-        assert_eq!(rot.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
-        assert!(rot.force_path_style);
-    }
-
-    #[test]
-    fn unknown_keys_are_named() {
-        let e = serde_norway::from_str::<RawConfig>("kernel:\n  id: a\n  variantt: strict\n")
-            .unwrap_err();
-        assert!(e.to_string().contains("variantt"), "{e}");
-        let e = serde_norway::from_str::<RawConfig>("rotation:\n  buckett: x\n").unwrap_err();
-        assert!(e.to_string().contains("buckett"), "{e}");
-    }
-
-    #[test]
-    fn env_overrides_file_and_flags_override_env() {
-        let raw: RawConfig =
-            serde_norway::from_str("kernel:\n  id: file-id\ndata_dir: /file\n").unwrap();
-        let env = env_of(&[
-            ("KERNELS_KERNEL_ID", "env-id"),
-            ("KERNELS_DATA_DIR", "/env"),
-            ("KERNELS_ROTATION_BUCKET", "b"),
-        ]);
-        let flags = Overrides {
-            data_dir: Some("/flag".into()),
-            ..Overrides::default()
-        };
-        let cfg = Config::from_raw(raw, &flags, &env).unwrap();
-        assert_eq!(cfg.kernel_id, "env-id");
-        assert_eq!(cfg.data_dir, PathBuf::from("/flag"));
-        assert_eq!(cfg.rotation.unwrap().bucket, "b");
-    }
-
-    #[test]
-    fn tokens_are_read_and_checked() {
-        let raw: RawConfig = serde_norway::from_str(
-            "tokens:\n  - {token_env: A_TOK, role: agent, actors: [agent-001]}\n  - {token_env: O_TOK, role: operator, name: alice}\n",
-        )
-        .unwrap();
-        let cfg = Config::from_raw(
-            raw,
-            &Overrides::default(),
-            &env_of(&[("A_TOK", "agent-secret-1"), ("O_TOK", "operator-secret")]),
-        )
-        .unwrap();
-        assert_eq!(cfg.tokens.len(), 2);
-        assert_eq!(
-            cfg.tokens[0].actors.as_deref(),
-            Some(&["agent-001".to_owned()][..])
-        );
-        assert_eq!(cfg.tokens[1].name, "alice");
-        assert!(!format!("{:?}", cfg.tokens).contains("operator-secret"));
-
-        let raw: RawConfig =
-            serde_norway::from_str("tokens:\n  - {token_env: A_TOK, role: agent}\n").unwrap();
-        let e = Config::from_raw(
-            raw,
-            &Overrides::default(),
-            &env_of(&[("A_TOK", "agent-secret-1")]),
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("needs actors"), "{e}");
-        let raw: RawConfig =
-            serde_norway::from_str("tokens:\n  - {token_env: MISSING, role: auditor}\n").unwrap();
-        assert!(Config::from_raw(raw, &Overrides::default(), &env_of(&[])).is_err());
-    }
-
-    #[test]
-    fn durations_and_bad_values() {
-        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(604_800));
-        assert_eq!(parse_duration("15s").unwrap(), Duration::from_secs(15));
-        assert!(parse_duration("7w").is_err());
-        assert!(parse_duration("0s").is_err());
-        let raw: RawConfig = serde_norway::from_str("kernel:\n  variant: lenient\n").unwrap();
-        assert!(Config::from_raw(raw, &Overrides::default(), &env_of(&[])).is_err());
-        let raw: RawConfig = serde_norway::from_str("listen: nowhere\n").unwrap();
-        assert!(Config::from_raw(raw, &Overrides::default(), &env_of(&[])).is_err());
-    }
-}
+mod tests;

@@ -2,8 +2,6 @@
 //! Python (it runs the SDK fixture servers), a `kernels serve` child, and
 //! `kernels mcp-proxy` as a child that speaks raw JSON-RPC lines.
 
-#![allow(dead_code, unreachable_pub)]
-
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Stdio};
@@ -12,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::process::{self, ServeConfig, Server};
+use super::process::{self, ServeConfig, Server};
 
 /// How long a test waits for one frame.
 pub const FRAME_DEADLINE: Duration = Duration::from_secs(30);

@@ -1,5 +1,7 @@
-//! `mcp:` in the service configuration: the MCP servers `kernels serve`
-//! fronts at `/mcp/{name}`, and the front's limits.
+//! The typed `mcp:` section: the MCP servers `kernels serve` fronts at
+//! `/mcp/{name}`, checked (names usable in a path, http(s) URLs), and the
+//! front's limits, with `KERNELS_MCP_TIMEOUT` and
+//! `KERNELS_MCP_ALLOWED_ORIGINS` over the file.
 //!
 //! ```yaml
 //! mcp:
@@ -11,34 +13,9 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
-
-/// `mcp:` as written.
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawMcp {
-    /// The fronted servers.
-    #[serde(default)]
-    pub servers: Vec<RawMcpServer>,
-    /// Time limit for an upstream to start answering (default `5m`).
-    pub timeout: Option<String>,
-    /// `Origin` values accepted (requests with any other `Origin` are 403).
-    #[serde(default)]
-    pub allowed_origins: Vec<String>,
-}
-
-/// One entry of `mcp.servers`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawMcpServer {
-    /// The name in `/mcp/{name}`.
-    pub name: String,
-    /// The upstream's Streamable HTTP endpoint.
-    pub url: String,
-    /// Prefix of the kernel's tool names for this server (default none).
-    #[serde(default)]
-    pub tool_prefix: String,
-}
+use super::duration::duration_setting;
+use super::error::{ConfigError, err};
+use super::raw::RawMcp;
 
 /// A fronted MCP server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,11 +50,27 @@ impl Default for McpConfig {
 }
 
 impl McpConfig {
-    /// Validates the section; the error names the key.
-    pub fn from_raw(raw: RawMcp) -> Result<McpConfig, String> {
-        let timeout = match &raw.timeout {
-            Some(t) => crate::config::parse_duration(t).map_err(|e| format!("mcp.timeout: {e}"))?,
-            None => McpConfig::default().timeout,
+    /// Validates the section (the environment over the file); the error
+    /// names the key or variable.
+    pub fn from_raw(
+        raw: RawMcp,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<McpConfig, ConfigError> {
+        let timeout = duration_setting(
+            "mcp.timeout",
+            "KERNELS_MCP_TIMEOUT",
+            raw.timeout.as_deref(),
+            "5m",
+            env,
+        )?;
+        let allowed_origins = match env("KERNELS_MCP_ALLOWED_ORIGINS") {
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            None => raw.allowed_origins,
         };
         let mut servers: Vec<McpServer> = Vec::new();
         for (i, s) in raw.servers.into_iter().enumerate() {
@@ -87,21 +80,24 @@ impl McpConfig {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
             if !ok_name {
-                return Err(format!(
+                return Err(err(format!(
                     "mcp.servers[{i}].name '{}' must be 1-64 characters of A-Z a-z 0-9 - _",
                     s.name
-                ));
+                )));
             }
             if servers.iter().any(|o| o.name == s.name) {
-                return Err(format!("mcp.servers[{i}].name '{}' is used twice", s.name));
+                return Err(err(format!(
+                    "mcp.servers[{i}].name '{}' is used twice",
+                    s.name
+                )));
             }
             let url = reqwest::Url::parse(&s.url)
-                .map_err(|e| format!("mcp.servers[{i}].url '{}': {e}", s.url))?;
+                .map_err(|e| err(format!("mcp.servers[{i}].url '{}': {e}", s.url)))?;
             if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-                return Err(format!(
+                return Err(err(format!(
                     "mcp.servers[{i}].url '{}' must be an http or https URL",
                     s.url
-                ));
+                )));
             }
             servers.push(McpServer {
                 name: s.name,
@@ -112,7 +108,7 @@ impl McpConfig {
         Ok(McpConfig {
             servers,
             timeout,
-            allowed_origins: raw.allowed_origins,
+            allowed_origins,
         })
     }
 }
@@ -121,18 +117,30 @@ impl McpConfig {
 mod tests {
     use super::*;
 
-    fn parse(yaml: &str) -> Result<McpConfig, String> {
-        let raw: RawMcp = serde_norway::from_str(yaml).map_err(|e| e.to_string())?;
-        McpConfig::from_raw(raw)
+    fn parse_with(
+        yaml: &str,
+        env: &[(&str, &str)],
+    ) -> Result<McpConfig, Box<dyn std::error::Error>> {
+        let raw: RawMcp = serde_norway::from_str(yaml)?;
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let lookup = move |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        Ok(McpConfig::from_raw(raw, &lookup)?)
+    }
+
+    fn parse(yaml: &str) -> Result<McpConfig, Box<dyn std::error::Error>> {
+        parse_with(yaml, &[])
     }
 
     #[test]
     fn the_example_configuration_loads_with_its_mcp_section() {
-        let raw: crate::config::RawConfig =
+        let raw: super::super::RawConfig =
             serde_norway::from_str(include_str!("../../config/kernels.yaml")).unwrap();
         assert!(raw.mcp.is_some());
         let config =
-            crate::config::Config::from_raw(raw, &crate::config::Overrides::default(), &|_| None)
+            super::super::Config::from_raw(raw, &super::super::Overrides::default(), &|_| None)
                 .unwrap();
         assert_eq!(config.mcp, McpConfig::default());
     }
@@ -153,5 +161,27 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_environment_overrides_the_timeout_and_origins_naming_the_variable() {
+        let c = parse_with(
+            "timeout: 30s\nallowed_origins: ['https://a.example']\n",
+            &[
+                ("KERNELS_MCP_TIMEOUT", "2m"),
+                (
+                    "KERNELS_MCP_ALLOWED_ORIGINS",
+                    "https://b.example, https://c.example",
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.timeout, Duration::from_secs(120));
+        assert_eq!(
+            c.allowed_origins,
+            vec!["https://b.example", "https://c.example"]
+        );
+        let e = parse_with("{}", &[("KERNELS_MCP_TIMEOUT", "0s")]).unwrap_err();
+        assert!(e.to_string().contains("KERNELS_MCP_TIMEOUT"), "{e}");
     }
 }

@@ -1,8 +1,6 @@
 //! A real S3-compatible server (s3s-fs, in-process) on 127.0.0.1, over a
 //! temp directory; it can be stopped and restarted on the same port.
 
-#![allow(dead_code, unreachable_pub, missing_docs)]
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -126,4 +124,30 @@ impl S3Server {
     pub async fn objects(&self) -> Objects {
         Objects::s3(&self.settings()).await
     }
+
+    /// Environment for a `kernels` child process that uses this server
+    /// (credentials, endpoint, bucket), with no way to reach a real AWS
+    /// account or a metadata endpoint.
+    pub fn env(&self) -> Vec<(String, String)> {
+        aws_env(ACCESS_KEY, SECRET_KEY, &self.endpoint(), BUCKET)
+    }
+}
+
+/// The AWS and rotation variables of a child process using the S3-compatible
+/// server at `endpoint`.
+pub fn aws_env(access: &str, secret: &str, endpoint: &str, bucket: &str) -> Vec<(String, String)> {
+    [
+        ("AWS_ACCESS_KEY_ID", access),
+        ("AWS_SECRET_ACCESS_KEY", secret),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+        ("AWS_CONFIG_FILE", "/dev/null"),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
+        ("KERNELS_ROTATION_BUCKET", bucket),
+        ("KERNELS_ROTATION_ENDPOINT", endpoint),
+        ("KERNELS_ROTATION_FORCE_PATH_STYLE", "true"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
 }

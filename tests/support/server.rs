@@ -1,6 +1,6 @@
-//! Shared test support: a real service on 127.0.0.1:0 over a temp data dir.
-
-#![allow(dead_code, unreachable_pub, missing_docs)]
+//! The service in-process: a real server on 127.0.0.1:0 over real sled in a
+//! temp data dir, and short JSON helpers (`get`, `post`, `call`) that take an
+//! optional token.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -15,10 +15,7 @@ use kernels::service::auth::TokenTable;
 use kernels::service::{AppState, RotationControl, ServiceSettings};
 use serde_json::Value;
 
-pub const AGENT: &str = "agent-token-0001";
-pub const AGENT_LIMITED: &str = "agent-token-limited";
-pub const AUDITOR: &str = "auditor-token-0001";
-pub const OPERATOR: &str = "operator-token-0001";
+pub use super::{AGENT, AGENT_LIMITED, AUDITOR, OPERATOR};
 
 pub fn tokens() -> Vec<TokenSpec> {
     vec![
@@ -91,13 +88,24 @@ impl TestServer {
         max_body: usize,
         rotation: Option<Arc<dyn RotationControl>>,
     ) -> TestServer {
+        Self::serve_in(ledger, max_body, rotation, &std::env::temp_dir()).await
+    }
+
+    /// [`TestServer::serve`] with `data_dir` as the service's data dir
+    /// (preserved evidence goes under it).
+    pub async fn serve_in(
+        ledger: Ledger,
+        max_body: usize,
+        rotation: Option<Arc<dyn RotationControl>>,
+        data_dir: &Path,
+    ) -> TestServer {
         let state = AppState::new(
             ledger.clone(),
             TokenTable::new(&tokens()),
             ServiceSettings {
                 max_body_bytes: max_body,
                 request_timeout: Duration::from_secs(10),
-                data_dir: std::env::temp_dir(),
+                data_dir: data_dir.to_owned(),
             },
             rotation,
         );
@@ -140,9 +148,9 @@ impl TestServer {
     }
 }
 
+/// A client with a timeout (see [`super::http::client`]).
 pub fn client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
+    super::http::client()
 }
 
 /// Sends `body` (raw bytes) with `token`; answers (status, JSON or text).
@@ -180,4 +188,22 @@ pub async fn post(url: &str, token: Option<&str>, body: &Value) -> (u16, Value) 
 
 pub async fn get(url: &str, token: Option<&str>) -> (u16, Value) {
     call(reqwest::Method::GET, url, token, None).await
+}
+
+/// The service's ledger length (`GET /v1/status`).
+pub async fn length(server: &TestServer) -> u64 {
+    let (code, status) = get(&server.url("/v1/status"), Some(AUDITOR)).await;
+    assert_eq!(code, 200);
+    status["ledger_length"].as_u64().unwrap()
+}
+
+/// The entry at `seq`, read back over HTTP.
+pub async fn entry_at(server: &TestServer, seq: u64) -> Value {
+    let (code, page) = get(
+        &server.url(&format!("/v1/entries?from_seq={seq}&limit=1")),
+        Some(AUDITOR),
+    )
+    .await;
+    assert_eq!(code, 200, "{page}");
+    page["entries"][0].clone()
 }

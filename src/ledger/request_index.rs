@@ -17,13 +17,16 @@
 //!   about 10 ms per million entries).
 //!
 //! A hash table of all seqs (hashbrown) took 15 MiB at a million entries,
-//! twice this. A fingerprint match is only a candidate: the store confirms
+//! twice this. A fingerprint match is only a candidate: the ledger confirms
 //! it by reading the request's stored record and comparing the full id.
-//! Fingerprints are the first four bytes of SHA-256 of the id, so they are
-//! stable across builds and can be persisted ([`RequestIndex::encode_range`]).
+//! Fingerprints ([`fingerprint`]) are stable across builds and persisted
+//! ([`RequestIndex::encode_range`], in the layout of
+//! [`crate::store::request_records`]).
 
 use hashbrown::HashTable;
-use sha2::{Digest, Sha256};
+
+pub(crate) use crate::store::request_records::fingerprint;
+use crate::store::request_records::{decode_fingerprints, encode_fingerprints};
 
 /// The recent table is packed once it holds this many seqs, or an eighth of
 /// the packed ones if more.
@@ -31,13 +34,6 @@ const RECENT_MIN: usize = 64 * 1024;
 /// Packed seqs are `u32`s: seqs from here on stay in the recent table (at
 /// 9 bytes per entry, a ledger that long needs 36 GiB for this index anyway).
 const PACKED_LIMIT: u64 = 1 << 32;
-
-/// The 32-bit fingerprint of a request id; never 0 (0 marks "no request").
-pub fn fingerprint(request_id: &str) -> u32 {
-    let digest = Sha256::digest(request_id.as_bytes());
-    let fp = u32::from_le_bytes(digest[..4].try_into().expect("4 bytes"));
-    fp.max(1)
-}
 
 /// Where a fingerprint goes in the recent table (a full-width mix of its bits).
 fn table_hash(fp: u32) -> u64 {
@@ -48,7 +44,7 @@ fn table_hash(fp: u32) -> u64 {
 
 /// Fingerprints by seq, and the seqs by fingerprint.
 #[derive(Debug, Default)]
-pub struct RequestIndex {
+pub(crate) struct RequestIndex {
     /// The fingerprint of every entry's request id, by seq (0: none).
     fps: Vec<u32>,
     /// Seqs below this are in `packed`, the rest in `recent`.
@@ -66,28 +62,29 @@ pub struct RequestIndex {
 
 impl RequestIndex {
     /// Number of entries covered (the next seq the index expects).
-    pub fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         self.fps.len() as u64
     }
 
-    /// Whether no entry is covered.
-    pub fn is_empty(&self) -> bool {
-        self.fps.is_empty()
-    }
-
     /// Covers entries up to `len` (those not recorded are not submissions).
-    pub fn extend_to(&mut self, len: u64) {
+    pub(crate) fn extend_to(&mut self, len: u64) {
         if len > self.len() {
             self.fps.resize(len as usize, 0);
         }
     }
 
     /// Records that entry `seq` decided a request with fingerprint `fp`
-    /// (0: the entry is not a submission). Seqs come in increasing order.
-    pub fn insert(&mut self, seq: u64, fp: u32) {
+    /// (0: the entry is not a submission). Seqs increase: an entry is
+    /// decided once, and the index is told in seq order (a seq already
+    /// covered is a bug; in a release build it is ignored, keeping the first).
+    pub(crate) fn insert(&mut self, seq: u64, fp: u32) {
+        debug_assert!(
+            seq >= self.len(),
+            "request-index seqs increase: {seq} after {}",
+            self.len()
+        );
         self.extend_to(seq);
         if seq < self.len() {
-            // Already covered (a replayed write): keep the first record.
             return;
         }
         self.fps.push(fp);
@@ -110,7 +107,7 @@ impl RequestIndex {
 
     /// Packs every seq covered (below [`PACKED_LIMIT`]; the recent table
     /// keeps the rest).
-    pub fn pack(&mut self) {
+    pub(crate) fn pack(&mut self) {
         let n = self.fps.len().min(PACKED_LIMIT as usize);
         // About four seqs per group, between 2^8 and 2^24 groups.
         let bits = (usize::BITS - (n / 4).max(1).leading_zeros()).clamp(8, 24);
@@ -151,7 +148,7 @@ impl RequestIndex {
 
     /// The seqs whose request id has the fingerprint of `request_id`, in
     /// increasing order: candidates, to be confirmed by the caller.
-    pub fn candidates(&self, request_id: &str) -> Vec<u64> {
+    pub(crate) fn candidates(&self, request_id: &str) -> Vec<u64> {
         let fp = fingerprint(request_id);
         let mut out = Vec::new();
         if !self.groups.is_empty() {
@@ -176,34 +173,27 @@ impl RequestIndex {
 
     /// The fingerprints of entries `from..to` (clamped to what is covered),
     /// as little-endian `u32`s: the persisted form.
-    pub fn encode_range(&self, from: u64, to: u64) -> Vec<u8> {
+    pub(crate) fn encode_range(&self, from: u64, to: u64) -> Vec<u8> {
         let to = to.min(self.len()) as usize;
         let from = (from as usize).min(to);
-        self.fps[from..to]
-            .iter()
-            .flat_map(|fp| fp.to_le_bytes())
-            .collect()
+        encode_fingerprints(&self.fps[from..to])
     }
 
     /// Loads persisted fingerprints for the entries starting at `from`, which
     /// must be the next seq the index expects. Returns how many were read.
     /// (They are indexed at the next [`RequestIndex::pack`] or once the
     /// recent table fills.)
-    pub fn load_range(&mut self, from: u64, bytes: &[u8]) -> Option<u64> {
-        if from != self.len() || !bytes.len().is_multiple_of(4) {
+    pub(crate) fn load_range(&mut self, from: u64, bytes: &[u8]) -> Option<u64> {
+        if from != self.len() {
             return None;
         }
-        self.fps.extend(
-            bytes
-                .chunks_exact(4)
-                .map(|fp| u32::from_le_bytes(fp.try_into().expect("4 bytes"))),
-        );
+        self.fps.extend(decode_fingerprints(bytes)?);
         Some(bytes.len() as u64 / 4)
     }
 
     /// Drops what is covered beyond `len` (an index persisted ahead of a
     /// store that came back shorter), and packs.
-    pub fn truncate(&mut self, len: u64) {
+    pub(crate) fn truncate(&mut self, len: u64) {
         self.fps.truncate(len as usize);
         self.pack();
     }
@@ -257,9 +247,15 @@ mod tests {
         assert_eq!(index.candidates("a"), vec![3, 9, 12]);
         // Seqs 0..3, 4..9 and 10..12 were filled as non-submissions.
         assert_eq!(index.len(), 13);
-        // A replayed insert of a covered seq changes nothing.
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "request-index seqs increase")]
+    fn an_insert_of_a_covered_seq_is_a_bug() {
+        let mut index = RequestIndex::default();
+        index.insert(9, fingerprint("a"));
         index.insert(9, fingerprint("b"));
-        assert!(index.candidates("b").is_empty());
     }
 
     #[test]
@@ -290,12 +286,5 @@ mod tests {
         let index = build(1000, |seq| fps[(seq % 4) as usize]);
         let found = index.candidates("x");
         assert_eq!(found, (1..1000).step_by(4).collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn fingerprints_are_stable_and_never_zero() {
-        // Persisted fingerprints must not change between builds.
-        assert_eq!(fingerprint("a"), 0x1281_97ca);
-        assert_ne!(fingerprint(""), 0);
     }
 }
