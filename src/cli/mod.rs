@@ -13,6 +13,7 @@ mod datadir;
 mod evidence;
 mod health;
 mod investigate;
+mod mcp;
 mod permit;
 mod proofs;
 mod serve;
@@ -130,6 +131,8 @@ pub enum Command {
     /// Verify an inclusion or consistency proof against its signed checkpoint.
     #[command(subcommand)]
     Proof(proofs::ProofCommand),
+    /// Run an MCP server (stdio) behind the kernel: every tools/call is decided first.
+    McpProxy(mcp::McpProxyArgs),
 }
 
 /// Logging: JSON lines on stderr; `KERNELS_LOG` sets the filter (default
@@ -186,6 +189,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Keygen(args) => proofs::keygen(args),
         Command::Checkpoint(cmd) => proofs::checkpoint(cmd),
         Command::Proof(cmd) => proofs::proof(cmd),
+        Command::McpProxy(args) => mcp::mcp_proxy(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -5,10 +5,12 @@
 //! described there and in README.md, "Configuration") with
 //! `deny_unknown_fields`, so a misspelt key is an error that names it. The
 //! typed layer here has every default filled, every duration parsed
-//! (`duration.rs`), every token secret read, and the policy file loaded.
+//! (`duration.rs`), every token secret read, and the policy file loaded;
+//! the `mcp:` section is checked in `mcp.rs`.
 
 mod duration;
 mod error;
+mod mcp;
 mod raw;
 
 use std::collections::BTreeMap;
@@ -20,9 +22,10 @@ pub use duration::{MAX_DURATION, parse_duration};
 use duration::{count_setting, duration_setting};
 pub use error::ConfigError;
 use error::err;
+pub use mcp::{McpConfig, McpServer};
 pub use raw::{
-    RawConfig, RawKernel, RawLimits, RawObjectLock, RawPermits, RawRotation, RawSigning,
-    RawStorage, RawToken, read_raw,
+    RawConfig, RawKernel, RawLimits, RawMcp, RawMcpServer, RawObjectLock, RawPermits, RawRotation,
+    RawSigning, RawStorage, RawToken, read_raw,
 };
 
 use crate::kernel::permit::{Keyring, keyring_from_hex};
@@ -171,6 +174,8 @@ pub struct Config {
     pub verify_full_on_start: bool,
     /// Alerts, when a webhook is set.
     pub alerts: Option<crate::alerts::AlertsConfig>,
+    /// The MCP servers fronted at `/mcp/{name}`.
+    pub mcp: McpConfig,
     /// Checkpoint signing.
     pub signing: SigningConfig,
 }
@@ -503,6 +508,7 @@ impl Config {
 
         let alerts =
             crate::alerts::AlertsConfig::from_raw(raw.alerts, env, parse_duration).map_err(err)?;
+        let mcp = McpConfig::from_raw(raw.mcp.unwrap_or_default(), env)?;
 
         let signing = raw.signing.unwrap_or_default();
         let origin = env("KERNELS_SIGNING_ORIGIN")
@@ -545,6 +551,7 @@ impl Config {
             checkpoint_every: storage.checkpoint_every.unwrap_or(10_000).max(1),
             verify_full_on_start,
             alerts,
+            mcp,
             signing,
         })
     }

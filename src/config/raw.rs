@@ -37,6 +37,8 @@ pub struct RawConfig {
     pub external_tools: Vec<String>,
     /// `alerts:` (ours): the webhook that hears about halts, failures, …
     pub alerts: Option<crate::alerts::RawAlerts>,
+    /// `mcp:` (ours): MCP servers fronted at `/mcp/{name}`.
+    pub mcp: Option<RawMcp>,
     /// `signing:`: the key that signs checkpoints, and the log's origin.
     pub signing: Option<RawSigning>,
 }
@@ -151,6 +153,33 @@ pub struct RawStorage {
     /// How much of the stored chain `serve` verifies before it starts:
     /// `full` (default) or `checkpoint` (from the last state checkpoint).
     pub verify_on_start: Option<String>,
+}
+
+/// `mcp:` section.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMcp {
+    /// The fronted servers.
+    #[serde(default)]
+    pub servers: Vec<RawMcpServer>,
+    /// Time limit for an upstream to start answering (default `5m`).
+    pub timeout: Option<String>,
+    /// `Origin` values accepted (requests with any other `Origin` are 403).
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+}
+
+/// One entry of `mcp.servers`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMcpServer {
+    /// The name in `/mcp/{name}`.
+    pub name: String,
+    /// The upstream's Streamable HTTP endpoint.
+    pub url: String,
+    /// Prefix of the kernel's tool names for this server (default none).
+    #[serde(default)]
+    pub tool_prefix: String,
 }
 
 /// Reads the raw config file, if any: `--config`, else `KERNELS_CONFIG`,
