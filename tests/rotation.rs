@@ -6,7 +6,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kernels::kernel::{KernelState, Policy, RawRequest, Variant};
+use kernels::kernel::{KernelState, Policy, Variant};
 use kernels::ledger::{Ledger, LedgerOptions, SystemClock, replay_summary};
 use kernels::metrics::Metrics;
 use kernels::rotator::archive;
@@ -14,30 +14,12 @@ use kernels::rotator::head::HeadState;
 use kernels::rotator::manifest::{Manifest, kernel_prefix};
 use kernels::rotator::run::{Outcome, RunAnswer, Target, rotate_once};
 use kernels::service::RotationControl;
-use serde_json::json;
 use support::fs::copy_dir;
+use support::ledger::submit_n;
 use support::s3::{self, S3Server};
 
 fn open(dir: &std::path::Path) -> Ledger {
-    let policy = Policy::from_yaml("allowed_actors: ['*']\nallowed_tools: [echo]\n").unwrap();
-    Ledger::open(
-        dir,
-        LedgerOptions::service("k-rot", Variant::Strict, policy),
-        Arc::new(SystemClock),
-        Arc::new(Metrics::new()),
-    )
-    .unwrap()
-}
-
-async fn submit_n(ledger: &Ledger, prefix: &str, n: usize) {
-    for i in 0..n {
-        let raw = RawRequest::from_value(
-            json!({"request_id": format!("{prefix}-{i}"), "actor": "agent-001",
-            "intent": "echo", "tool_call": {"name": "echo", "params": {"text": i}}}),
-        )
-        .unwrap();
-        ledger.submit(&raw).await.unwrap();
-    }
+    support::ledger::open(dir, "k-rot")
 }
 
 fn target(objects: kernels::rotator::objects::Objects, work: &std::path::Path) -> Target {
