@@ -11,6 +11,7 @@
 //!   process on 127.0.0.1 with a port it picks itself
 //! * [`gate`] — a TCP gate that forwards to a server or hangs (a hung store)
 //! * [`webhook`] — a webhook receiver (alerts)
+//! * [`ledger`] — a durable ledger in-process, and requests submitted to it
 //! * [`fs`] — file helpers (copying a data dir)
 //! * [`datadir`] — acting on a data dir from outside (damaging stored bytes)
 //! * [`mcp`] — the MCP tests' pieces: the test venv's Python (the official
@@ -25,6 +26,7 @@ pub mod datadir;
 pub mod fs;
 pub mod gate;
 pub mod http;
+pub mod ledger;
 pub mod mcp;
 pub mod moto;
 pub mod process;
