@@ -10,8 +10,8 @@
 //! point: write + fdatasync of the write-ahead log); then it notes the head
 //! beside the store (`LAST_COMMIT`) and only then wakes every waiter of the
 //! batch, so every acknowledged entry is covered by that trace. While it
-//! writes, the next batch fills, so a busy
-//! kernel makes few, large commits. When the last batch was not small, the
+//! writes, the next batch fills, so a busy kernel makes few, large commits.
+//! When the last batch was not small, the
 //! flusher also lingers [`COMMIT_LINGER`] before it takes the next one:
 //! every commit costs the machine a `write` + `fdatasync` (about 100 µs of
 //! CPU in the kernel here), so fewer, larger commits leave more CPU for
