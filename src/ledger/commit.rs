@@ -8,9 +8,12 @@
 //! hands it to the store in one atomic append (entries, request records,
 //! the tree's tiles, and with a checkpoint the state and the request-id
 //! fingerprints not stored yet), and commits (the store's commit
-//! point: write + fdatasync of the write-ahead log); then it publishes the
-//! tree head, wakes every waiter of the batch and notes the head beside the store. While it writes, the next batch fills, so a busy
-//! kernel makes few, large commits. When the last batch was not small, the
+//! point: write + fdatasync of the write-ahead log); then it notes the head
+//! beside the store (`LAST_COMMIT`), publishes the tree head, and only then
+//! wakes every waiter of the batch, so every acknowledged entry is covered
+//! by that trace and by the tree head checkpoints sign. While it
+//! writes, the next batch fills, so a busy kernel makes few, large commits.
+//! When the last batch was not small, the
 //! flusher also lingers [`COMMIT_LINGER`] before it takes the next one:
 //! every commit costs the machine a `write` + `fdatasync` (about 100 µs of
 //! CPU in the kernel here), so fewer, larger commits leave more CPU for
@@ -26,7 +29,7 @@
 //! ledger: an ALLOW is never answered for an entry that is not stored.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use super::core::{Inner, Pending, Waiter};
@@ -130,27 +133,28 @@ pub(crate) fn run(inner: Arc<Inner>) {
             .observe(started.elapsed().as_secs_f64());
         match result {
             Ok(()) => {
-                // The head checkpoints sign covers the batch before anyone
-                // of it hears of its entry.
-                inner.tree.publish();
-                if let Some(last) = entries.last() {
-                    inner
-                        .durable_len
-                        .fetch_max(last.ledger_seq + 1, Ordering::AcqRel);
-                    inner
-                        .metrics
-                        .ledger_length
-                        .set((last.ledger_seq + 1) as i64);
-                }
                 inner.metrics.commits.inc();
                 inner.metrics.batch_size.observe(entries.len() as f64);
-                for w in waiters {
-                    let _ = w.send(Ok(()));
-                }
-                if let (Some(dir), Some(last)) = (&inner.datadir, entries.last())
-                    && let Err(e) = dir.note_commit(last.ledger_seq + 1, &last.entry_hash)
-                {
-                    tracing::warn!(error = %e, "could not note the last commit beside the store");
+                let end = entries
+                    .last()
+                    .map(|last| (last.ledger_seq + 1, &last.entry_hash));
+                acknowledge(
+                    &inner.durable_len,
+                    end.map(|(len, _)| len),
+                    || {
+                        if let (Some(dir), Some((len, hash))) = (&inner.datadir, end)
+                            && let Err(e) = dir.note_commit(len, hash)
+                        {
+                            tracing::warn!(error = %e, "could not note the last commit beside the store");
+                        }
+                        // The head checkpoints sign covers the batch before
+                        // anyone of it hears of its entry.
+                        inner.tree.publish();
+                    },
+                    waiters,
+                );
+                if let Some((len, _)) = end {
+                    inner.metrics.ledger_length.set(len as i64);
                 }
                 refresh_durable_head(inner, inner.durable_len.load(Ordering::Acquire));
             }
@@ -161,6 +165,28 @@ pub(crate) fn run(inner: Arc<Inner>) {
                 fail(waiters, &reason);
             }
         }
+    }
+}
+
+/// What follows a batch's successful commit (its `fdatasync`), in the order
+/// that keeps the traces ahead of what anyone is told: `note` (writes
+/// `LAST_COMMIT` and publishes the tree head), then `durable_len` (what reads and `/v1/status` report),
+/// then the waiters (the acknowledgements). A process killed anywhere in
+/// between leaves `LAST_COMMIT` at or above every length acknowledged or
+/// reported, so a store that later comes back shorter is refused with the
+/// whole count missing.
+fn acknowledge(
+    durable_len: &AtomicU64,
+    end: Option<u64>,
+    note: impl FnOnce(),
+    waiters: Vec<Waiter>,
+) {
+    note();
+    if let Some(end) = end {
+        durable_len.fetch_max(end, Ordering::AcqRel);
+    }
+    for w in waiters {
+        let _ = w.send(Ok(()));
     }
 }
 
@@ -181,5 +207,47 @@ fn refresh_durable_head(inner: &Inner, len: u64) {
     match dir.set_durable_head(len, &hex::encode(parts.entry_hash)) {
         Ok(()) => inner.durable_head_file_len.store(len, Ordering::Release),
         Err(e) => tracing::warn!(error = %e, "could not record the durable head"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use tokio::sync::oneshot;
+
+    use super::acknowledge;
+
+    /// A SIGKILL between an acknowledgement and the `LAST_COMMIT` note
+    /// would leave the trace below what was acknowledged (a store that
+    /// then came back shorter was refused with too small a count): the
+    /// note must come before the waiters are woken and before the length
+    /// is published.
+    #[test]
+    fn the_last_commit_is_noted_before_any_waiter_is_woken_or_the_length_published() {
+        let durable_len = AtomicU64::new(3);
+        let (senders, mut receivers): (Vec<_>, Vec<_>) = (0..3).map(|_| oneshot::channel()).unzip();
+        let mut noted = false;
+        acknowledge(
+            &durable_len,
+            Some(6),
+            || {
+                noted = true;
+                for rx in &mut receivers {
+                    assert_eq!(
+                        rx.try_recv(),
+                        Err(oneshot::error::TryRecvError::Empty),
+                        "a waiter was acknowledged before LAST_COMMIT was noted"
+                    );
+                }
+                assert_eq!(durable_len.load(Ordering::Acquire), 3);
+            },
+            senders,
+        );
+        assert!(noted);
+        assert_eq!(durable_len.load(Ordering::Acquire), 6);
+        for mut rx in receivers {
+            assert_eq!(rx.try_recv(), Ok(Ok(())));
+        }
     }
 }

@@ -19,8 +19,9 @@
 //! comes back shorter than either has lost committed entries (the ledger
 //! refuses to open it). `DURABLE_HEAD` survives a power loss; `LAST_COMMIT`
 //! costs one `pwrite` per commit and survives a crash of the process (the
-//! page cache keeps it), and since it is written after the commit's
-//! `fdatasync` it never claims more than the store has.
+//! page cache keeps it). It is written after the commit's `fdatasync`, so it
+//! never claims more than the store has, and before the commit's waiters are
+//! acknowledged, so it covers every acknowledged entry.
 //!
 //! Opening refuses, with a message that says why: a folder that has files but
 //! no marker (not a kernels data dir), a format newer than this build, and a
