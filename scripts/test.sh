@@ -12,7 +12,7 @@ if compgen -G "tests/python/test_*.py" >/dev/null || [[ -d clients/python/tests 
   # The binary `cargo test` built (the same features as the Rust tests: a plain
   # `cargo build` would rebuild dependencies without the dev-dependencies' features).
   cargo test --no-run --quiet
-  KERNELS_BIN="$PWD/target/debug/kernels" "$KERNELS_TEST_VENV/bin/python" -m pytest -q \
+  KERNELS_BIN="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/debug/kernels" "$KERNELS_TEST_VENV/bin/python" -m pytest -q \
     $(compgen -G "tests/python/test_*.py" >/dev/null && echo tests/python) \
     $([[ -d clients/python/tests ]] && echo clients/python/tests)
 fi
