@@ -9,6 +9,7 @@
 
 mod archive;
 mod client;
+mod cluster;
 mod datadir;
 mod evidence;
 mod health;
@@ -130,6 +131,9 @@ pub enum Command {
     /// Verify an inclusion or consistency proof against its signed checkpoint.
     #[command(subcommand)]
     Proof(proofs::ProofCommand),
+    /// A cluster of kernels: shared policy, halt and recover, status, load balancer.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
 }
 
 /// Logging: JSON lines on stderr; `KERNELS_LOG` sets the filter (default
@@ -186,6 +190,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Keygen(args) => proofs::keygen(args),
         Command::Checkpoint(cmd) => proofs::checkpoint(cmd),
         Command::Proof(cmd) => proofs::proof(cmd),
+        Command::Cluster(cmd) => cluster::cluster(cmd),
     };
     match result {
         Ok(code) => ExitCode::from(code),

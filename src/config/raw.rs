@@ -37,6 +37,8 @@ pub struct RawConfig {
     pub external_tools: Vec<String>,
     /// `alerts:` (ours): the webhook that hears about halts, failures, …
     pub alerts: Option<crate::alerts::RawAlerts>,
+    /// `cluster:`: membership of a cluster of kernels (`cluster.rs`).
+    pub cluster: Option<super::cluster::RawCluster>,
 }
 
 /// `kernel:` section.

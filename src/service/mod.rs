@@ -7,6 +7,7 @@
 //!
 //! * [`api`] — the `/v1/` handlers, `/health`, `/ready`, `/metrics`
 //! * [`entries`] — `/v1/evidence` and `/v1/entries`: reading the chain
+//! * [`cluster`] — the cluster membership's routes and halt/recover actor
 //! * [`auth`] — bearer tokens and roles
 //! * [`error`] — the one place errors become status codes
 //! * [`openapi`] — the OpenAPI document, generated from the handlers
@@ -14,6 +15,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod conn;
 pub mod entries;
 pub mod error;
@@ -35,6 +37,7 @@ use crate::ledger::Ledger;
 use crate::metrics::HttpLabels;
 use crate::rotator::run::{RotationError, RunAnswer, RunFailure};
 use auth::{Principal, TokenTable};
+pub use cluster::ClusterControl;
 pub use conn::{ConnectionLimits, serve_with};
 use error::ApiError;
 
@@ -78,6 +81,7 @@ struct AppInner {
     tokens: TokenTable,
     settings: ServiceSettings,
     rotation: Option<Arc<dyn RotationControl>>,
+    cluster: Option<Arc<dyn ClusterControl>>,
 }
 
 /// Shared state of the handlers: a cheap clone over an `Arc`.
@@ -100,8 +104,27 @@ impl AppState {
                 tokens,
                 settings,
                 rotation,
+                cluster: None,
             }),
         }
+    }
+
+    /// This state with the instance's cluster membership (before the
+    /// router is built: the state must not be shared yet).
+    pub fn with_cluster(self, cluster: Arc<dyn ClusterControl>) -> AppState {
+        let inner = Arc::try_unwrap(self.inner)
+            .unwrap_or_else(|_| panic!("with_cluster is called before the state is shared"));
+        AppState {
+            inner: Arc::new(AppInner {
+                cluster: Some(cluster),
+                ..inner
+            }),
+        }
+    }
+
+    /// The cluster membership, when a cluster is configured.
+    pub fn cluster(&self) -> Option<&Arc<dyn ClusterControl>> {
+        self.inner.cluster.as_ref()
     }
 
     /// The ledger.
@@ -141,6 +164,7 @@ pub const ROUTES: &[&str] = &[
     "/v1/preserve",
     "/v1/rotations",
     "/v1/verify",
+    "/v1/cluster/leave",
     "/v1/openapi.json",
 ];
 
@@ -157,6 +181,7 @@ pub fn router(state: AppState) -> Router {
         .route("/preserve", post(api::preserve))
         .route("/rotations", get(api::rotations).post(api::rotate))
         .route("/verify", post(api::verify))
+        .route("/cluster/leave", post(cluster::leave))
         .route("/openapi.json", get(openapi::document))
         .route_layer(middleware::from_fn_with_state(
             Arc::new(state.tokens().clone()),

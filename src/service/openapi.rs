@@ -114,6 +114,9 @@ pub struct PolicyUpdateSchema {
 pub struct ReasonSchema {
     /// Why (recorded).
     reason: String,
+    /// `POST /v1/halt` and `/v1/recover` only: this instance's cluster id,
+    /// when the cluster halts or recovers it (recorded as `cluster:<id>`).
+    cluster: Option<String>,
 }
 
 /// `POST /v1/preserve`.
@@ -162,6 +165,7 @@ impl Modify for BearerAuth {
         super::api::rotations,
         super::api::rotate,
         super::api::verify,
+        super::cluster::leave,
         document,
     ),
     components(schemas(RequestSchema, ReceiptSchema, StatusSchema, PolicyUpdateSchema, ReasonSchema, PreserveSchema, super::error::ErrorBody)),
