@@ -11,6 +11,8 @@
 //! * cluster halt and recover: every member obeys the flag, also the one
 //!   the direct call cannot reach, a member starting under the flag starts
 //!   halted, a member halted by its own operator stays halted
+//! * play 6.1: a member added to a running cluster, registered with HAProxy
+//!   through its runtime API, checked, given traffic, logged; then removed
 //! * HAProxy: one token's requests stay on one member; SIGKILL moves them
 //!   to another at once, no acknowledged decision is lost, and the
 //!   restarted member rejoins and gets its agents back
@@ -888,4 +890,158 @@ fn the_deploy_examples_are_what_the_commands_make_and_are_valid() {
             .unwrap()
             .contains("KERNELS_CLUSTER_INSTANCE=$(( ${POD_NAME##*-} + 1 ))")
     );
+}
+
+/// The playbook's play 6.1, end to end: a third instance is added to a
+/// running cluster behind HAProxy — it decides under the shared policy, is
+/// registered with the load balancer without a reload, its health checks
+/// pass, it gets traffic, and its addition is logged; then it leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn play_6_1_add_kernel_instance() {
+    let fleet = Fleet::start().await;
+    let client = http::client();
+    let listens: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", haproxy::free_port()))
+        .collect();
+    let first = [
+        fleet.member(1, &listens[0], &[]),
+        fleet.member(2, &listens[1], &[]),
+    ];
+    let text = "allowed_actors: [agent-001, agent-009]\nallowed_tools: [echo]\n";
+    std::fs::write(fleet.path().join("cluster-policy.yaml"), text).unwrap();
+    let put = fleet.cli(
+        &[
+            "cluster",
+            "policy",
+            "put",
+            "cluster-policy.yaml",
+            "--reason",
+            "CHG-200",
+            "--json",
+        ],
+        None,
+    );
+    put.expect_code(0, "policy put");
+    let shared = put.json()["policy_hash"].as_str().unwrap().to_owned();
+    let socket = fleet.path().join("admin.sock");
+    let front: std::net::SocketAddr = format!("127.0.0.1:{}", haproxy::free_port())
+        .parse()
+        .unwrap();
+    let out = fleet.cli(
+        &[
+            "cluster",
+            "haproxy-config",
+            "--bind",
+            &front.to_string(),
+            "--check-interval",
+            "200ms",
+            "--stats-socket",
+            &socket.display().to_string(),
+        ],
+        None,
+    );
+    out.expect_code(0, "haproxy-config");
+    let lb = Haproxy::start(fleet.path(), &out.stdout, front);
+
+    // Steps 1-3: the new kernel, under the shared policy, IDLE.
+    let third = fleet.member(3, &listens[2], &[]);
+    let base = third.url("");
+    let s = cluster::status(&client, &base).await;
+    assert_eq!(s["kernel_id"], "prod-003");
+    assert_eq!(s["state"], "IDLE");
+    assert_eq!(
+        s["policy_hash"],
+        shared.as_str(),
+        "decides under the shared policy from the start"
+    );
+
+    // Steps 4-5: registered with the load balancer, health checks passing.
+    assert_eq!(Haproxy::server_status(&socket, "kernels", "prod-003"), None);
+    let add = fleet.cli(
+        &[
+            "cluster",
+            "haproxy-config",
+            "--add-server",
+            "prod-003",
+            "--check-interval",
+            "200ms",
+        ],
+        None,
+    );
+    add.expect_code(0, "--add-server");
+    let reply = Haproxy::runtime(&socket, &add.stdout);
+    assert!(reply.contains("New server registered"), "{reply}");
+    let ((), took) = within(Duration::from_secs(10), "prod-003 UP", || async {
+        (Haproxy::server_status(&socket, "kernels", "prod-003").as_deref() == Some("UP"))
+            .then_some(())
+    })
+    .await;
+    eprintln!("prod-003 UP in HAProxy {took:?} after its registration");
+    let tokens: Vec<&str> = AGENT_TOKENS.iter().copied().chain([AGENT]).collect();
+    for (t, token) in tokens.iter().enumerate() {
+        let (code, r) = submit(
+            &client,
+            &lb.url(""),
+            token,
+            &request(&format!("p61-{t}"), "agent-009"),
+        )
+        .await;
+        assert_eq!((code, r["decision"].as_str()), (200, Some("ALLOW")), "{r}");
+    }
+    let mine = entries(&client, &base).await;
+    let served = mine
+        .iter()
+        .filter(|e| {
+            e["request_id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("p61-"))
+        })
+        .count();
+    assert!(served > 0, "no token reached the new member:\n{}", lb.log());
+
+    // Step 6: the addition is logged, and the cluster is one.
+    let joins = events(&mine, "kernel.cluster_join");
+    assert_eq!(joins.len(), 1);
+    let seen: Vec<&str> = joins[0]["payload"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["kernel_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(seen, ["prod-001", "prod-002", "prod-003"]);
+    let (code, report) = fleet.status();
+    assert_eq!(code, Some(0), "{report:#}");
+    assert_eq!(report["members"].as_array().unwrap().len(), 3);
+
+    // And out again: leave (recorded), then off the load balancer.
+    fleet
+        .cli(
+            &[
+                "cluster", "leave", "--server", &base, "--reason", "scale in",
+            ],
+            Some(OPERATOR),
+        )
+        .expect_code(0, "leave");
+    let del = fleet.cli(
+        &["cluster", "haproxy-config", "--del-server", "prod-003"],
+        None,
+    );
+    del.expect_code(0, "--del-server");
+    let reply = Haproxy::runtime(&socket, &del.stdout);
+    assert!(reply.contains("Server deleted"), "{reply}");
+    assert_eq!(Haproxy::server_status(&socket, "kernels", "prod-003"), None);
+    let (code, r) = submit(
+        &client,
+        &lb.url(""),
+        tokens[0],
+        &request("after-scale-in", "agent-009"),
+    )
+    .await;
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(fleet.status().1["members"].as_array().unwrap().len(), 2);
+    drop(lb);
+    for m in first.into_iter().chain([third]) {
+        let (code, stderr) = m.terminate();
+        assert_eq!(code, Some(0), "{stderr}");
+    }
 }

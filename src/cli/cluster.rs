@@ -108,6 +108,13 @@ pub struct HaproxyArgs {
     /// The runtime API socket to declare (for `add server` without a reload).
     #[arg(long)]
     pub stats_socket: Option<String>,
+    /// Print only the runtime API line that adds this member to a running
+    /// HAProxy (`… | socat stdio /run/haproxy/admin.sock`).
+    #[arg(long, value_name = "KERNEL_ID", conflicts_with = "del_server")]
+    pub add_server: Option<String>,
+    /// Print only the runtime API line that takes this member out.
+    #[arg(long, value_name = "KERNEL_ID")]
+    pub del_server: Option<String>,
     /// Configuration.
     #[command(flatten)]
     pub config: ConfigArgs,
@@ -414,9 +421,28 @@ fn haproxy_config(args: &HaproxyArgs) -> CliResult {
     let config = settings(&args.config)?;
     let check_interval = parse_duration(&args.check_interval)
         .map_err(|e| CliError::unusable(format!("--check-interval {e}")))?;
+    if let Some(kernel_id) = &args.del_server {
+        println!("{}", haproxy::runtime_del(kernel_id));
+        return Ok(EXIT_OK);
+    }
     runtime()?.block_on(async {
         let plane = plane(&config).await;
         let records = members(&plane).await?;
+        if let Some(kernel_id) = &args.add_server {
+            let record = records
+                .iter()
+                .find(|r| &r.kernel_id == kernel_id)
+                .ok_or_else(|| {
+                    CliError::unusable(format!(
+                        "{kernel_id} is not a member of cluster {} (no member object at {})",
+                        config.id,
+                        plane.member_key(kernel_id)
+                    ))
+                })?;
+            let target = Target::of(record).map_err(CliError::unusable)?;
+            println!("{}", target.runtime_add(check_interval));
+            return Ok(EXIT_OK);
+        }
         let targets = records
             .iter()
             .map(Target::of)

@@ -69,20 +69,45 @@ impl Target {
         })
     }
 
-    /// The `server` line (also the arguments of the runtime API's `add server`).
-    pub fn server_line(&self, check_interval: Duration) -> String {
+    /// The address and options of its `server` line.
+    fn params(&self, check_interval: Duration) -> String {
         let tls = if self.tls {
             " ssl verify required ca-file /etc/ssl/certs/ca-certificates.crt"
         } else {
             ""
         };
         format!(
-            "server {} {}{tls} check inter {} fall 2 rise 2",
-            self.name,
+            "{}{tls} check inter {} fall 2 rise 2",
             self.address,
             haproxy_duration(check_interval)
         )
     }
+
+    /// The `server` line of the backend.
+    pub fn server_line(&self, check_interval: Duration) -> String {
+        format!("server {} {}", self.name, self.params(check_interval))
+    }
+
+    /// The runtime API commands that add this member to a running HAProxy
+    /// without a reload: one line, the commands separated by `;` (the
+    /// admin socket runs one line per connection). A server added at run
+    /// time starts in maintenance with its checks off: both are enabled.
+    pub fn runtime_add(&self, check_interval: Duration) -> String {
+        let server = format!("{BACKEND}/{}", self.name);
+        format!(
+            "add server {server} {}; enable health {server}; enable server {server}",
+            self.params(check_interval)
+        )
+    }
+}
+
+/// The runtime API commands that take member `kernel_id` out of a running
+/// HAProxy: into maintenance (no new requests), then removed (HAProxy
+/// refuses the removal while the server still has connections: send the
+/// line again once they are done).
+pub fn runtime_del(kernel_id: &str) -> String {
+    let server = format!("{BACKEND}/{kernel_id}");
+    format!("disable server {server}; del server {server}")
 }
 
 /// A duration in HAProxy's syntax (`500ms`, `2s`).
@@ -218,5 +243,13 @@ mod tests {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
         assert_eq!(haproxy_duration(Duration::from_secs(2)), "2s");
+        assert_eq!(
+            targets[0].runtime_add(Duration::from_secs(2)),
+            "add server kernels/prod-001 10.0.0.1:8080 check inter 2s fall 2 rise 2; enable health kernels/prod-001; enable server kernels/prod-001"
+        );
+        assert_eq!(
+            runtime_del("prod-001"),
+            "disable server kernels/prod-001; del server kernels/prod-001"
+        );
     }
 }

@@ -103,6 +103,34 @@ impl Haproxy {
         format!("http://{}{path}", self.addr)
     }
 
+    /// Sends one line to the runtime API at `socket`; answers HAProxy's reply.
+    pub fn runtime(socket: &Path, line: &str) -> String {
+        use std::io::{Read, Write};
+        let mut stream = std::os::unix::net::UnixStream::connect(socket)
+            .unwrap_or_else(|e| panic!("runtime API {}: {e}", socket.display()));
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(line.trim_end().as_bytes()).unwrap();
+        stream.write_all(b"\n").unwrap();
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).unwrap();
+        reply
+    }
+
+    /// The `status` column of `show stat` for `backend/server` (`UP`,
+    /// `DOWN`, `MAINT`, …), `None` when there is no such server.
+    pub fn server_status(socket: &Path, backend: &str, server: &str) -> Option<String> {
+        let stat = Self::runtime(socket, "show stat");
+        let mut lines = stat.lines();
+        let header: Vec<&str> = lines.next()?.trim_start_matches("# ").split(',').collect();
+        let col = header.iter().position(|h| *h == "status")?;
+        lines
+            .map(|l| l.split(',').collect::<Vec<_>>())
+            .find(|row| row.first() == Some(&backend) && row.get(1) == Some(&server))
+            .and_then(|row| row.get(col).map(|s| s.to_string()))
+    }
+
     /// What HAProxy logged so far (requests and health-check changes).
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
