@@ -45,6 +45,14 @@ fn events<'a>(all: &'a [Value], tool: &str) -> Vec<&'a Value> {
     all.iter().filter(|e| e["tool_name"] == tool).collect()
 }
 
+/// The member's whole stored chain verifies on its own.
+async fn verifies_alone(client: &reqwest::Client, base: &str) {
+    let (code, v) = http::post(client, &format!("{base}/v1/verify"), OPERATOR, &json!({})).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["valid"], true, "{base}: {v}");
+    assert!(v["entries_verified"].as_u64().unwrap() > 3, "{v}");
+}
+
 async fn metrics(client: &reqwest::Client, base: &str) -> String {
     client
         .get(format!("{base}/metrics"))
@@ -188,6 +196,21 @@ async fn shared_policy_reaches_every_member_and_drift_and_refusals_are_reported(
         )
         .await;
         assert_eq!((code, r["decision"].as_str()), (200, Some("ALLOW")), "{r}");
+    }
+    // Polls after that are conditional GETs answered 304.
+    tokio::time::sleep(POLL * 2).await;
+    for base in &bases {
+        let text = metrics(&client, base).await;
+        let not_modified = text
+            .lines()
+            .find(|l| {
+                l.starts_with("kernels_cluster_reads_total")
+                    && l.contains("object=\"policy\"")
+                    && l.contains("result=\"not_modified\"")
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        assert!(not_modified >= 1, "no 304 for the policy object:\n{text}");
     }
     let shown = fleet.cli(&["cluster", "policy", "show", "--json"], None);
     shown.expect_code(0, "policy show");
@@ -528,6 +551,9 @@ async fn cluster_halt_reaches_every_member_even_one_the_direct_call_misses() {
     let s = state_of(&client, &bases[0]).await;
     assert_eq!(s["state"], "HALTED", "{s}");
     assert_eq!(s["last_halt"]["reason"], "local investigation");
+    for base in &all_bases {
+        verifies_alone(&client, base).await;
+    }
     for m in members.into_iter().chain([fourth]) {
         let (code, stderr) = m.terminate();
         assert_eq!(code, Some(0), "{stderr}");
@@ -708,7 +734,10 @@ async fn haproxy_keeps_a_token_on_one_member_and_fails_over_without_losing_decis
 
     // The killed member restarts on its address and rejoins: its record is
     // refreshed, its join is not recorded again, its start is.
-    let before_restart = fleet.status().1;
+    let (code, before_restart) = fleet.status();
+    assert_eq!(code, Some(1), "a member is down: {before_restart:#}");
+    assert_eq!(before_restart["members"][victim]["reachable"], false);
+    assert_eq!(before_restart["healthy"], false);
     let n = victim as u32 + 1;
     members[victim] = Some(fleet.member(n, &listens[victim], &[]));
     let all = entries(&client, &bases[victim]).await;
@@ -778,6 +807,9 @@ async fn haproxy_keeps_a_token_on_one_member_and_fails_over_without_losing_decis
     )
     .await;
     drop(lb);
+    for base in &bases {
+        verifies_alone(&client, base).await;
+    }
     for m in members.into_iter().flatten() {
         let (code, stderr) = m.terminate();
         assert_eq!(code, Some(0), "{stderr}");
