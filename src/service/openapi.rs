@@ -94,6 +94,9 @@ pub struct StatusSchema {
     last_rotation: Option<Object>,
     /// Rotator state.
     rotation: Object,
+    /// A cluster member only: membership, control plane reachability, the
+    /// halt flag and the shared policy as this member sees them.
+    cluster: Option<Object>,
 }
 
 /// `PUT /v1/policy`.
