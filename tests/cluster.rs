@@ -152,10 +152,19 @@ async fn shared_policy_reaches_every_member_and_drift_and_refusals_are_reported(
     let hash = put["policy_hash"].as_str().unwrap().to_owned();
     let mut slowest = Duration::ZERO;
     for base in &bases {
+        // Recorded (durable, in the evidence), not only in the state.
         let ((), took) = within(ONE_POLL * 2, "the shared policy", || async {
-            (cluster::status(&client, base).await["policy_hash"] == hash.as_str()).then_some(())
+            let all = entries(&client, base).await;
+            events(&all, "kernel.policy_update")
+                .iter()
+                .any(|u| u["actor"] == "cluster:prod")
+                .then_some(())
         })
         .await;
+        assert_eq!(
+            cluster::status(&client, base).await["policy_hash"],
+            hash.as_str()
+        );
         slowest = slowest.max(took);
     }
     let elapsed = put_at.elapsed();
@@ -438,15 +447,19 @@ async fn cluster_halt_reaches_every_member_even_one_the_direct_call_misses() {
     out.expect_code(1, "cluster halt with one member unreachable");
     let halted_at = Instant::now();
     let answer = out.json();
+    // A member whose own poll saw the flag first answers already_halted.
     let outcomes: Vec<(&str, &str)> = answer["members"]
         .as_array()
         .unwrap()
         .iter()
         .map(|m| {
-            (
-                m["member"].as_str().unwrap(),
-                m["outcome"].as_str().unwrap(),
-            )
+            let outcome = m["outcome"].as_str().unwrap();
+            let reached = if outcome == "already_halted" {
+                "halted"
+            } else {
+                outcome
+            };
+            (m["member"].as_str().unwrap(), reached)
         })
         .collect();
     assert_eq!(
@@ -459,9 +472,14 @@ async fn cluster_halt_reaches_every_member_even_one_the_direct_call_misses() {
         "{answer:#}"
     );
     // prod-003 halts on its own, within one poll, recorded as the cluster's.
-    within(ONE_POLL, "prod-003 halts by the flag", || async {
-        (state_of(&client, &bases[2]).await["state"] == "HALTED").then_some(())
-    })
+    within(
+        ONE_POLL,
+        "prod-003 halts by the flag (recorded)",
+        || async {
+            let all = entries(&client, &bases[2]).await;
+            all.iter().any(|e| e["decision"] == "HALT").then_some(())
+        },
+    )
     .await;
     eprintln!(
         "prod-003 halted by the flag {:?} after the command",
@@ -554,7 +572,26 @@ async fn cluster_halt_reaches_every_member_even_one_the_direct_call_misses() {
     for base in &all_bases {
         verifies_alone(&client, base).await;
     }
-    for m in members.into_iter().chain([fourth]) {
+    // forget: refused for a member that still answers, done for one gone.
+    let out = fleet.cli(&["cluster", "forget", "prod-004"], None);
+    out.expect_code(1, "forget a member that answers");
+    assert!(out.stderr.contains("still answers"), "{}", out.stderr);
+    let (code, stderr) = fourth.terminate();
+    assert_eq!(code, Some(0), "{stderr}");
+    fleet
+        .cli(&["cluster", "forget", "prod-004"], None)
+        .expect_code(0, "forget a member that is gone");
+    let listed: Vec<String> = fleet.status().1["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["kernel_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(listed, ["prod-001", "prod-002", "prod-003"]);
+    fleet
+        .cli(&["cluster", "forget", "prod-004"], None)
+        .expect_code(1, "forget twice");
+    for m in members {
         let (code, stderr) = m.terminate();
         assert_eq!(code, Some(0), "{stderr}");
     }

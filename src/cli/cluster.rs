@@ -135,7 +135,8 @@ pub struct LeaveArgs {
 #[derive(Debug, Args)]
 pub struct ForgetArgs {
     /// The member's kernel id.
-    pub kernel_id: String,
+    #[arg(value_name = "KERNEL_ID")]
+    pub member: String,
     /// Settings.
     #[command(flatten)]
     pub offline: OfflineArgs,
@@ -500,7 +501,7 @@ fn forget(args: &ForgetArgs) -> CliResult {
     let config = settings(&args.offline.config)?;
     runtime()?.block_on(async {
         let plane = plane(&config).await;
-        let key = plane.member_key(&args.kernel_id);
+        let key = plane.member_key(&args.member);
         let record = match plane.read(&key, None).await.map_err(unusable)? {
             crate::cluster::objects::Read::Found(found) => {
                 MemberRecord::parse(&key, &found.body).ok()
@@ -520,19 +521,31 @@ fn forget(args: &ForgetArgs) -> CliResult {
                 return Err(CliError {
                     message: format!(
                         "{} still answers at {}: run `kernels cluster leave --server {}` so that it records leaving",
-                        args.kernel_id, r.advertise_url, r.advertise_url
+                        args.member, r.advertise_url, r.advertise_url
                     ),
                     code: EXIT_NEGATIVE,
                 });
             }
         }
-        member::remove(&plane, &args.kernel_id)
+        member::remove(&plane, &args.member)
             .await
             .map_err(unusable)?;
-        let answer = json!({"cluster_id": config.id, "kernel_id": args.kernel_id, "removed": key});
+        let answer = json!({"cluster_id": config.id, "kernel_id": args.member, "removed": key});
         print(&answer, args.offline.json, |_| {
             println!("removed {key}");
         });
         Ok(EXIT_OK)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_command_line_is_well_formed() {
+        // clap checks argument names (e.g. a positional clashing with a
+        // flattened flag) only when that subcommand is parsed: check all.
+        crate::cli::Cli::command().debug_assert();
+    }
 }
