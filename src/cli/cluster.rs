@@ -284,7 +284,14 @@ fn set_flag(args: &FlagArgs, halted: bool) -> CliResult {
             at_ms: SystemClock.now_ms(),
         };
         // The flag first: it alone reaches every member, within one poll.
-        halt::write(&plane, &flag).await.map_err(unusable)?;
+        halt::write(&plane, &flag).await.map_err(|e| {
+            CliError::unusable(format!(
+                "{e}; the halt flag is not {}: no member was called (the member list is in the same store); {} each member directly with `kernels {} --server URL`",
+                if halted { "set" } else { "cleared" },
+                if halted { "halt" } else { "recover" },
+                if halted { "halt" } else { "recover" },
+            ))
+        })?;
         let members = member::list(&plane).await.map_err(unusable)?;
         let http = status::http_client().map_err(CliError::unusable)?;
         let (path, done, already) = if halted {
