@@ -9,6 +9,11 @@
 //! record of another ledger means a second instance with the same number,
 //! and that start is refused. (Two processes on one ledger cannot run: the
 //! data dir is locked.)
+//!
+//! The record is open for what peer witnessing will add (the member's
+//! latest signed checkpoint, its witnesses): unknown fields are ignored
+//! when read, so members of different versions share one cluster, and a
+//! new field is an `Option` with a serde default.
 
 use serde::{Deserialize, Serialize};
 
@@ -181,6 +186,20 @@ mod tests {
         assert!(
             e.starts_with("clusters/prod/members/x.json: not a member record"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn a_record_of_a_newer_member_is_read() {
+        let newer = br#"{"cluster_id": "prod", "kernel_id": "prod-003", "instance": 3,
+            "advertise_url": "http://10.0.0.3:8080", "verifier_key": "kernels/prod-003+0a1b2c3d+AQ",
+            "started_at": 1, "ledger_genesis": "00", "software_version": "0.2.0",
+            "checkpoint": "kernels/prod-003\n12\nAAAA\n", "witnesses": []}"#;
+        let r = MemberRecord::parse("k", newer).unwrap();
+        assert_eq!(r.kernel_id, "prod-003");
+        assert_eq!(
+            r.verifier_key.as_deref(),
+            Some("kernels/prod-003+0a1b2c3d+AQ")
         );
     }
 
