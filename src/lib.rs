@@ -36,11 +36,15 @@
 //!   limits, OpenAPI
 //! * [`config`] — the configuration: file, `KERNELS_*` environment, flags
 //! * [`metrics`] — Prometheus metrics
+//! * [`mcp`] — `kernels mcp-proxy` and the MCP front of `kernels serve`:
+//!   the kernel in the path of MCP tool calls
+//! * [`api_client`] — a client for the service's HTTP API (CLI, MCP proxy)
 //! * [`cli`] — the `kernels` command line
 //! * [`allocator`] — allocator tuning for a bounded footprint (the only `unsafe`)
 
 pub mod alerts;
 pub mod allocator;
+pub mod api_client;
 pub mod bundle;
 pub mod canonical;
 pub mod chain;
@@ -52,6 +56,7 @@ pub mod entry;
 pub mod evidence;
 pub mod kernel;
 pub mod ledger;
+pub mod mcp;
 pub mod merkle;
 pub mod metrics;
 pub mod note;

@@ -2247,3 +2247,44 @@ fn health_follows_the_daily_check_and_says_when_it_cannot_check() {
     let out = support::process::run_with(cmd, &["health", "--server", &url], None);
     out.expect_unusable("health of a stopped service");
 }
+
+#[test]
+fn a_sigterm_right_after_the_serving_line_stops_cleanly() {
+    // The service prints "serving on" only once SIGTERM and Ctrl-C are
+    // handled: a supervisor that stops it at once gets a clean stop (exit 0,
+    // a kernel.stop entry), never a kill by the signal's default action.
+    use std::io::BufRead;
+    let tmp = tempdir();
+    let cfg = serve_config(tmp.path());
+    let rounds = 8;
+    for round in 0..rounds {
+        let mut child = support::process::command(&cfg.cwd)
+            .args(cfg.args())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let announced = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|l| l.starts_with("kernels: serving on "));
+        assert!(announced, "round {round}: no serving line");
+        support::process::signal(child.id(), "TERM");
+        let rest: Vec<String> = lines.map_while(Result::ok).collect();
+        let status =
+            support::process::wait_deadline(&mut child, std::time::Duration::from_secs(30))
+                .expect("kernels serve stops after SIGTERM");
+        assert_eq!(status.code(), Some(0), "round {round}: {status:?} {rest:?}");
+    }
+    let data = cfg.data_dir.to_str().unwrap().to_owned();
+    let out = run(tmp.path(), &["export", "--data-dir", &data], None);
+    out.expect_code(0, "export");
+    let (_, entries) = bundle_entries(&out.stdout);
+    let stops = entries
+        .iter()
+        .filter(|e| e["tool_name"] == "kernel.stop")
+        .count();
+    assert_eq!(stops, rounds);
+}

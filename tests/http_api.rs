@@ -12,12 +12,6 @@ fn req(id: &str, actor: &str, tool: &str) -> Value {
            "tool_call": {"name": tool, "params": {"text": id}}, "params": {"text": id}})
 }
 
-async fn length(server: &TestServer) -> u64 {
-    let (code, status) = get(&server.url("/v1/status"), Some(AUDITOR)).await;
-    assert_eq!(code, 200);
-    status["ledger_length"].as_u64().unwrap()
-}
-
 #[tokio::test]
 async fn submit_status_evidence_policy_halt_recover() {
     let tmp = tempfile::tempdir().unwrap();
@@ -346,17 +340,6 @@ async fn bad_input_gets_4xx_and_changes_nothing() {
         "nothing may be recorded for refused calls"
     );
     server.stop().await;
-}
-
-/// The entry at `seq`, read back over HTTP.
-async fn entry_at(server: &TestServer, seq: u64) -> Value {
-    let (code, page) = get(
-        &server.url(&format!("/v1/entries?from_seq={seq}&limit=1")),
-        Some(AUDITOR),
-    )
-    .await;
-    assert_eq!(code, 200, "{page}");
-    page["entries"][0].clone()
 }
 
 #[tokio::test]

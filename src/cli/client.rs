@@ -12,6 +12,7 @@ use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
 use super::{CliError, CliResult, EXIT_NEGATIVE, EXIT_OK, parse_json, read_input};
+use crate::api_client::ApiClient;
 use crate::kernel::Policy;
 
 /// Where the service is.
@@ -25,29 +26,20 @@ pub struct ServerArgs {
     pub json: bool,
 }
 
-/// An HTTP client of the service, with the token from `KERNELS_TOKEN`.
-pub(super) struct Client {
-    http: reqwest::Client,
-    base: String,
-    token: Option<String>,
-}
+/// The service's API client, with the CLI's errors.
+pub(super) struct Client(ApiClient);
 
 impl Client {
-    /// A client of `server`.
+    /// A client of `server`, with the token from `KERNELS_TOKEN`.
     pub(super) fn new(server: &ServerArgs) -> Result<Client, CliError> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(600))
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| CliError::unusable(format!("cannot build an HTTP client: {e}")))?;
-        Ok(Client {
-            http,
-            base: server.server.trim_end_matches('/').to_owned(),
-            token: std::env::var("KERNELS_TOKEN")
-                .ok()
-                .filter(|t| !t.is_empty()),
-        })
+        ApiClient::new(
+            &server.server,
+            ApiClient::token_from_env(),
+            Duration::from_secs(600),
+            Duration::from_secs(5),
+        )
+        .map(Client)
+        .map_err(|e| CliError::unusable(e.to_string()))
     }
 
     /// `GET path` with a query string; answers the status and the body.
@@ -56,8 +48,10 @@ impl Client {
         path: &str,
         query: &[(&str, String)],
     ) -> Result<(u16, Value), CliError> {
-        let req = self.http.get(format!("{}{path}", self.base)).query(query);
-        self.send(req, None).await
+        self.0
+            .get_query(path, query)
+            .await
+            .map_err(|e| CliError::unusable(e.to_string()))
     }
 
     /// `method path` with an optional JSON body; answers the status and the body.
@@ -67,32 +61,10 @@ impl Client {
         path: &str,
         body: Option<Value>,
     ) -> Result<(u16, Value), CliError> {
-        let req = self.http.request(method, format!("{}{path}", self.base));
-        self.send(req, body).await
-    }
-
-    async fn send(
-        &self,
-        mut req: reqwest::RequestBuilder,
-        body: Option<Value>,
-    ) -> Result<(u16, Value), CliError> {
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req
-            .send()
+        self.0
+            .call(method, path, body.as_ref())
             .await
-            .map_err(|e| CliError::unusable(format!("cannot reach {}: {e}", self.base)))?;
-        let status = resp.status().as_u16();
-        let text = resp
-            .text()
-            .await
-            .map_err(|e| CliError::unusable(format!("reading the answer: {e}")))?;
-        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Ok((status, value))
+            .map_err(|e| CliError::unusable(e.to_string()))
     }
 }
 

@@ -7,8 +7,15 @@
 //! entry names none; a denied request names the tool it asked for), by
 //! decision, and every entry that carries an error. `--analysis` prints only
 //! the analysis, as the play's JSON object.
+//!
+//! A decision and its outcome (the `kernel.outcome` entry that shares its
+//! request id: what an externally run tool did) are listed together: the
+//! outcome right after its decision, in the table and in the JSON lines,
+//! when both are in the range. The outcomes of the range are read first
+//! (a first pass over the data dir; `GET /v1/entries?tool=kernel.outcome`
+//! from a service), so that the listing itself stays one pass in seq order.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -61,6 +68,11 @@ pub struct InvestigateArgs {
 }
 
 impl InvestigateArgs {
+    /// Whether outcomes can be listed at all (they are ALLOW entries).
+    fn wants_outcomes(&self) -> bool {
+        self.decision.as_deref().is_none_or(|d| d == "ALLOW")
+    }
+
     fn selects(&self, entry: &Entry) -> bool {
         self.actor
             .as_deref()
@@ -157,6 +169,11 @@ impl Analysis {
     }
 }
 
+/// Whether `entry` is an outcome (`kernel.outcome`).
+fn is_outcome(entry: &Entry) -> bool {
+    event::of(entry) == Some(event::OUTCOME)
+}
+
 /// What is printed as the entries of the range come in.
 struct Report<'a, W: Write> {
     args: &'a InvestigateArgs,
@@ -165,16 +182,49 @@ struct Report<'a, W: Write> {
     allow: u64,
     deny: u64,
     halts: u64,
+    outcomes: u64,
     events: u64,
+    /// The outcomes of the range not listed yet, by the request id they
+    /// report on (read before the listing).
+    pending: HashMap<String, Entry>,
+    /// Seqs of outcomes already listed with their decision.
+    listed: HashSet<u64>,
 }
 
 impl<W: Write> Report<'_, W> {
+    /// Keeps an outcome of the range, to list it with its decision.
+    fn outcome_ahead(&mut self, entry: Entry) {
+        // An outcome names its decision's actor.
+        let actor = self.args.actor.as_deref();
+        if is_outcome(&entry) && actor.is_none_or(|a| entry.actor.as_str() == a) {
+            self.pending
+                .insert(entry.request_id.as_str().to_owned(), entry);
+        }
+    }
+
     fn entry(&mut self, entry: &Entry) {
+        if is_outcome(entry) && self.listed.remove(&entry.ledger_seq) {
+            return;
+        }
         if !self.args.selects(entry) {
             return;
         }
+        self.show(entry, false);
+        if entry.decision == "ALLOW"
+            && event::of(entry).is_none()
+            && let Some(outcome) = self.pending.remove(entry.request_id.as_str())
+            && outcome.ledger_seq > entry.ledger_seq
+        {
+            self.listed.insert(outcome.ledger_seq);
+            self.show(&outcome, true);
+        }
+    }
+
+    /// Counts and prints one entry (`paired`: an outcome under its decision).
+    fn show(&mut self, entry: &Entry, paired: bool) {
         self.analysis.add(entry);
         match entry.decision.as_str() {
+            _ if is_outcome(entry) => self.outcomes += 1,
             _ if event::of(entry).is_some() => self.events += 1,
             "ALLOW" => self.allow += 1,
             "DENY" => self.deny += 1,
@@ -189,18 +239,31 @@ impl<W: Write> Report<'_, W> {
                 "{}",
                 serde_json::to_string(entry).unwrap_or_default()
             );
-        } else {
-            let _ = writeln!(
-                self.out,
-                "{:>8} {:>14} {:<5} {:<16} {:<18} {}",
-                entry.ledger_seq,
-                entry.ts_ms,
-                entry.decision,
-                entry.actor.to_string(),
-                entry.tool_name.as_deref().unwrap_or("-"),
-                entry.error.as_deref().unwrap_or(entry.intent.as_str())
-            );
+            return;
         }
+        let seq = if paired {
+            format!("\u{21b3} {}", entry.ledger_seq)
+        } else {
+            entry.ledger_seq.to_string()
+        };
+        let text = if paired {
+            outcome_text(entry)
+        } else {
+            entry
+                .error
+                .clone()
+                .unwrap_or_else(|| entry.intent.to_string())
+        };
+        let _ = writeln!(
+            self.out,
+            "{:>8} {:>14} {:<5} {:<16} {:<18} {}",
+            seq,
+            entry.ts_ms,
+            entry.decision,
+            entry.actor.to_string(),
+            entry.tool_name.as_deref().unwrap_or("-"),
+            text
+        );
     }
 
     fn finish(mut self) {
@@ -213,8 +276,13 @@ impl<W: Write> Report<'_, W> {
         } else if !self.args.json {
             let _ = writeln!(
                 self.out,
-                "{} entries in range: {} ALLOW, {} DENY, {} HALT, {} operational events",
-                self.analysis.entry_count, self.allow, self.deny, self.halts, self.events
+                "{} entries in range: {} ALLOW, {} DENY, {} HALT, {} outcomes, {} operational events",
+                self.analysis.entry_count,
+                self.allow,
+                self.deny,
+                self.halts,
+                self.outcomes,
+                self.events
             );
             self.analysis.print_text(&mut self.out);
         }
@@ -233,7 +301,10 @@ pub(super) fn investigate(args: InvestigateArgs) -> CliResult {
         allow: 0,
         deny: 0,
         halts: 0,
+        outcomes: 0,
         events: 0,
+        pending: HashMap::new(),
+        listed: HashSet::new(),
     };
     match &args.server {
         Some(server) => from_service(server, &args, &mut report)?,
@@ -251,6 +322,17 @@ fn from_data_dir<W: Write>(
     let dir = data_dir_of(&args.data_dir);
     let ledger = open_read_only(&dir, VerifyOnOpen::Full)?;
     let len = ledger.durable_len();
+    if args.wants_outcomes() {
+        for entry in ledger.entries(0, len) {
+            let entry = entry.map_err(|e| CliError::unusable(e.to_string()))?;
+            if entry.ts_ms > args.to_ms {
+                break;
+            }
+            if entry.ts_ms >= args.from_ms {
+                report.outcome_ahead(entry);
+            }
+        }
+    }
     let mut state = KernelState::default();
     let mut printed_state = false;
     for entry in ledger.entries(0, len) {
@@ -288,35 +370,73 @@ fn from_service<W: Write>(
         json: false,
     })?;
     runtime()?.block_on(async {
-        let mut from_seq = 0u64;
-        loop {
-            let mut query: Vec<(&str, String)> = vec![
-                ("from_seq", from_seq.to_string()),
-                ("from_ms", args.from_ms.to_string()),
-                ("to_ms", args.to_ms.to_string()),
-                ("limit", "1000".into()),
+        if args.wants_outcomes() {
+            let outcomes = [
+                ("tool", Some(event::OUTCOME.to_owned())),
+                ("actor", args.actor.clone()),
             ];
-            for (key, value) in [
-                ("actor", &args.actor),
-                ("tool", &args.tool),
-                ("decision", &args.decision),
-            ] {
-                if let Some(v) = value {
-                    query.push((key, v.clone()));
-                }
-            }
-            let (code, page) = client.get_query("/v1/entries", &query).await?;
-            let page = expect_ok(code, page)?;
-            for value in page["entries"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
-                let entry: Entry = serde_json::from_value(value.clone()).map_err(|e| {
-                    CliError::unusable(format!("the service sent an entry we cannot read: {e}"))
-                })?;
-                report.entry(&entry);
-            }
-            match page["next_seq"].as_u64() {
-                Some(next) if next > from_seq => from_seq = next,
-                _ => return Ok(()),
-            }
+            read_pages(&client, args, &outcomes, |entry| {
+                report.outcome_ahead(entry)
+            })
+            .await?;
         }
+        let filters = [
+            ("actor", args.actor.clone()),
+            ("tool", args.tool.clone()),
+            ("decision", args.decision.clone()),
+        ];
+        read_pages(&client, args, &filters, |entry| report.entry(&entry)).await
     })
+}
+
+/// Every entry of the range that `filters` select, page by page.
+async fn read_pages(
+    client: &Client,
+    args: &InvestigateArgs,
+    filters: &[(&'static str, Option<String>)],
+    mut each: impl FnMut(Entry),
+) -> Result<(), CliError> {
+    let mut from_seq = 0u64;
+    loop {
+        let mut query: Vec<(&str, String)> = vec![
+            ("from_seq", from_seq.to_string()),
+            ("from_ms", args.from_ms.to_string()),
+            ("to_ms", args.to_ms.to_string()),
+            ("limit", "1000".into()),
+        ];
+        query.extend(
+            filters
+                .iter()
+                .filter_map(|(key, value)| Some((*key, value.clone()?))),
+        );
+        let (code, page) = client.get_query("/v1/entries", &query).await?;
+        let page = expect_ok(code, page)?;
+        for value in page["entries"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+            let entry: Entry = serde_json::from_value(value.clone()).map_err(|e| {
+                CliError::unusable(format!("the service sent an entry we cannot read: {e}"))
+            })?;
+            each(entry);
+        }
+        match page["next_seq"].as_u64() {
+            Some(next) if next > from_seq => from_seq = next,
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// An outcome as listed under its decision: ok with its result's hash, or
+/// failed with its error.
+fn outcome_text(outcome: &Entry) -> String {
+    let payload = outcome.payload.as_ref();
+    let field = |k: &str| payload.and_then(|p| p.get(k)).and_then(Value::as_str);
+    let ok = payload
+        .and_then(|p| p.get("ok"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    match (ok, field("result_sha256"), field("error")) {
+        (true, Some(hash), _) => format!("outcome: ok, result sha256 {hash}"),
+        (true, None, _) => "outcome: ok".into(),
+        (false, _, Some(error)) => format!("outcome: failed: {error}"),
+        (false, _, None) => "outcome: failed".into(),
+    }
 }

@@ -14,6 +14,7 @@ mod datadir;
 mod evidence;
 mod health;
 mod investigate;
+mod mcp;
 mod permit;
 mod proofs;
 mod serve;
@@ -134,6 +135,8 @@ pub enum Command {
     /// A cluster of kernels: shared policy, halt and recover, status, load balancer.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+    /// Run an MCP server (stdio) behind the kernel: every tools/call is decided first.
+    McpProxy(mcp::McpProxyArgs),
 }
 
 /// Logging: JSON lines on stderr; `KERNELS_LOG` sets the filter (default
@@ -191,6 +194,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Checkpoint(cmd) => proofs::checkpoint(cmd),
         Command::Proof(cmd) => proofs::proof(cmd),
         Command::Cluster(cmd) => cluster::cluster(cmd),
+        Command::McpProxy(args) => mcp::mcp_proxy(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

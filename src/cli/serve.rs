@@ -149,6 +149,10 @@ async fn run(config: Config) -> CliResult {
         .clone()
         .map(|r| Arc::new(r) as Arc<dyn RotationControl>);
 
+    let mcp = crate::mcp::front::McpFront::new(&config.mcp).map_err(CliError::unusable)?;
+    // Handled from here on: "serving on" below is a promise that a SIGTERM
+    // is a clean stop.
+    let shutdown = crate::service::shutdown_signal();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| CliError::unusable(format!("cannot listen on {}: {e}", config.listen)))?;
@@ -186,7 +190,11 @@ async fn run(config: Config) -> CliResult {
             data_dir: config.data_dir.clone(),
         },
         rotation,
-    );
+    )
+    .with_mcp(mcp);
+    for server in &config.mcp.servers {
+        tracing::info!(name = %server.name, url = %server.url, "fronting an MCP server at /mcp/{}", server.name);
+    }
     let state = match &cluster {
         Some(c) => state.with_cluster(Arc::new(c.clone())),
         None => state,
@@ -197,8 +205,7 @@ async fn run(config: Config) -> CliResult {
         header_timeout: config.header_timeout,
         max_connections: config.max_connections,
     };
-    let served =
-        crate::service::serve_with(listener, app, crate::service::shutdown_signal(), limits).await;
+    let served = crate::service::serve_with(listener, app, shutdown, limits).await;
     let _ = shutdown_tx.send(true);
     if let Some(r) = rotator {
         r.stopped().await;

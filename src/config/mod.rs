@@ -5,11 +5,13 @@
 //! described there and in README.md, "Configuration") with
 //! `deny_unknown_fields`, so a misspelt key is an error that names it. The
 //! typed layer here has every default filled, every duration parsed
-//! (`duration.rs`), every token secret read, and the policy file loaded.
+//! (`duration.rs`), every token secret read, and the policy file loaded;
+//! the `mcp:` section is checked in `mcp.rs`.
 
 mod cluster;
 mod duration;
 mod error;
+mod mcp;
 mod raw;
 
 use std::collections::BTreeMap;
@@ -22,9 +24,10 @@ pub use duration::{MAX_DURATION, parse_duration};
 use duration::{count_setting, duration_setting};
 pub use error::ConfigError;
 use error::err;
+pub use mcp::{McpConfig, McpServer};
 pub use raw::{
-    RawConfig, RawKernel, RawLimits, RawObjectLock, RawPermits, RawRotation, RawStorage, RawToken,
-    read_raw,
+    RawConfig, RawKernel, RawLimits, RawMcp, RawMcpServer, RawObjectLock, RawPermits, RawRotation,
+    RawStorage, RawToken, read_raw,
 };
 
 use crate::kernel::permit::{Keyring, keyring_from_hex};
@@ -165,6 +168,8 @@ pub struct Config {
     pub alerts: Option<crate::alerts::AlertsConfig>,
     /// Cluster membership, when a cluster id is set.
     pub cluster: Option<ClusterConfig>,
+    /// The MCP servers fronted at `/mcp/{name}`.
+    pub mcp: McpConfig,
 }
 
 /// Values from the command line (they override everything).
@@ -496,6 +501,7 @@ impl Config {
 
         let alerts =
             crate::alerts::AlertsConfig::from_raw(raw.alerts, env, parse_duration).map_err(err)?;
+        let mcp = McpConfig::from_raw(raw.mcp.unwrap_or_default(), env)?;
 
         Ok(Config {
             kernel_id,
@@ -522,6 +528,7 @@ impl Config {
             verify_full_on_start,
             alerts,
             cluster,
+            mcp,
         })
     }
 }

@@ -39,6 +39,8 @@ pub struct RawConfig {
     pub alerts: Option<crate::alerts::RawAlerts>,
     /// `cluster:`: membership of a cluster of kernels (`cluster.rs`).
     pub cluster: Option<super::cluster::RawCluster>,
+    /// `mcp:` (ours): MCP servers fronted at `/mcp/{name}`.
+    pub mcp: Option<RawMcp>,
 }
 
 /// `kernel:` section.
@@ -140,6 +142,33 @@ pub struct RawStorage {
     /// How much of the stored chain `serve` verifies before it starts:
     /// `full` (default) or `checkpoint` (from the last state checkpoint).
     pub verify_on_start: Option<String>,
+}
+
+/// `mcp:` section.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMcp {
+    /// The fronted servers.
+    #[serde(default)]
+    pub servers: Vec<RawMcpServer>,
+    /// Time limit for an upstream to start answering (default `5m`).
+    pub timeout: Option<String>,
+    /// `Origin` values accepted (requests with any other `Origin` are 403).
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+}
+
+/// One entry of `mcp.servers`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMcpServer {
+    /// The name in `/mcp/{name}`.
+    pub name: String,
+    /// The upstream's Streamable HTTP endpoint.
+    pub url: String,
+    /// Prefix of the kernel's tool names for this server (default none).
+    #[serde(default)]
+    pub tool_prefix: String,
 }
 
 /// Reads the raw config file, if any: `--config`, else `KERNELS_CONFIG`,

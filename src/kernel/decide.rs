@@ -255,7 +255,7 @@ impl Admitted<'_> {
         if let Some(call) = request
             .tool_call
             .as_ref()
-            .filter(|c| !ctx.external_tools.contains(&c.name))
+            .filter(|c| tools::runs_in_kernel(&c.name, request.external_tool, ctx.external_tools))
         {
             walk.go(State::Executing)?;
             match tools::execute(&call.name, &call.params) {

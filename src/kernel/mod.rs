@@ -16,12 +16,14 @@
 //! * [`decide`] — the decision path
 //! * [`reason`] — why a request was denied, and the receipt status
 //! * [`events`] — operational events
+//! * [`outcome`] — what an externally run tool did (`kernel.outcome`)
 //! * [`state`] — the folded state
 //! * [`pysem`] — the Python value semantics (truthiness, whitespace, length) the checks need
 
 pub mod decide;
 pub mod events;
 pub mod machine;
+pub mod outcome;
 pub mod permit;
 pub mod policy;
 pub mod pysem;

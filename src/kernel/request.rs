@@ -15,7 +15,7 @@ use super::pysem;
 use crate::entry::Text;
 
 /// The keys a request object may have.
-pub const REQUEST_KEYS: [&str; 8] = [
+pub const REQUEST_KEYS: [&str; 9] = [
     "request_id",
     "ts_ms",
     "actor",
@@ -24,6 +24,7 @@ pub const REQUEST_KEYS: [&str; 8] = [
     "params",
     "evidence",
     "permit",
+    "external_tool",
 ];
 
 /// A request object that is not shaped like a request at all.
@@ -34,7 +35,7 @@ pub enum ShapeError {
     NotAnObject,
     /// The object has a key no request has.
     #[error(
-        "unknown request field '{0}' (allowed: request_id, ts_ms, actor, intent, tool_call, params, evidence, permit)"
+        "unknown request field '{0}' (allowed: request_id, ts_ms, actor, intent, tool_call, params, evidence, permit, external_tool)"
     )]
     UnknownField(String),
 }
@@ -74,6 +75,9 @@ pub struct Request {
     pub evidence: Option<String>,
     /// A permit token object, if presented.
     pub permit: Option<Value>,
+    /// Ours: the caller runs the tool after an ALLOW (an MCP server behind
+    /// the proxy, a `governed` function); the kernel only decides and records.
+    pub external_tool: bool,
 }
 
 /// A request that failed validation: the errors, and what can still be said
@@ -175,6 +179,7 @@ impl RawRequest {
         let tool_call = get("tool_call").filter(|v| !v.is_null());
         let evidence = get("evidence").filter(|v| !v.is_null());
         let permit = get("permit").filter(|v| !v.is_null());
+        let external_tool = get("external_tool").filter(|v| !v.is_null());
 
         let mut errors = Vec::new();
         if !pysem::truthy(request_id) {
@@ -229,6 +234,9 @@ impl RawRequest {
         if permit.is_some_and(|p| !p.is_object()) {
             errors.push("permit must be a dictionary".to_owned());
         }
+        if external_tool.is_some_and(|e| !e.is_boolean()) {
+            errors.push("external_tool must be a boolean".to_owned());
+        }
         if [
             params,
             tool_call.unwrap_or(&Value::Null),
@@ -274,6 +282,7 @@ impl RawRequest {
             params: params.as_object().cloned(),
             evidence: evidence.and_then(Value::as_str).map(str::to_owned),
             permit: permit.cloned(),
+            external_tool: external_tool.and_then(Value::as_bool).unwrap_or(false),
         })
     }
 }

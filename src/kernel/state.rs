@@ -223,15 +223,21 @@ pub mod event {
     /// The instance left its cluster.
     pub const CLUSTER_LEAVE: &str = "kernel.cluster_leave";
 
+    /// The outcome of an externally run tool: an entry that shares its
+    /// decision's request id (see `kernel/outcome.rs`).
+    pub const OUTCOME: &str = "kernel.outcome";
+
     /// The operational event `entry` records, if it is one: its request id
     /// is the event's name (`kernel.*`, which agents may not use) and so is
-    /// its `tool_name`. (A denied agent request may name any tool, even a
+    /// its `tool_name`; or it is an outcome, which keeps its decision's
+    /// request id and carries the report as payload (no decision carries a
+    /// payload). (A denied agent request may name any tool, even a
     /// `kernel.*` one; it is never an event.)
     pub fn of(entry: &crate::entry::Entry) -> Option<&str> {
-        entry
-            .tool_name
-            .as_deref()
-            .filter(|t| t.starts_with("kernel.") && entry.request_id.as_str() == *t)
+        entry.tool_name.as_deref().filter(|t| {
+            t.starts_with("kernel.")
+                && (entry.request_id.as_str() == *t || (*t == OUTCOME && entry.payload.is_some()))
+        })
     }
     /// The service stopped cleanly (a crash leaves no such entry).
     pub const STOP: &str = "kernel.stop";

@@ -16,7 +16,8 @@ fn kernel(variant: Variant) -> MemoryKernel {
     MemoryKernel::create("k-test", variant, &policy(), 1_000).unwrap()
 }
 
-fn ctx(now_ms: u64) -> DecideContext<'static> {
+/// A decision context at `now_ms`: no permit keys, no external tools, native entries.
+pub(super) fn ctx(now_ms: u64) -> DecideContext<'static> {
     static EMPTY: std::sync::LazyLock<Keyring> = std::sync::LazyLock::new(Keyring::new);
     DecideContext {
         now_ms,

@@ -1,9 +1,14 @@
-//! Built-in tools: `echo(text)` and `add(a, b)`, pure functions of their params.
+//! Built-in tools: `echo(text)` and `add(a, b)`, pure functions of their params,
+//! and the rule that says which allowed tool calls the kernel runs at all.
 //!
 //! Tools run inside the decision, so they must be deterministic. Their
 //! failures reproduce the Python library's texts, including CPython's own
 //! `TypeError` messages for bad keyword arguments and for `a + b` on
-//! mismatched types.
+//! mismatched types. A tool that runs elsewhere (named in `external_tools`,
+//! or a request marked `external_tool: true`, as the MCP proxy marks every
+//! `tools/call`) is authorised and recorded, never run here.
+
+use std::collections::BTreeSet;
 
 use num_bigint::BigInt;
 use serde_json::{Map, Number, Value};
@@ -27,6 +32,21 @@ pub enum ToolError {
         /// CPython's TypeError text.
         message: String,
     },
+}
+
+/// Whether the kernel runs an allowed call of `name` itself. It does not when
+/// the caller declared the tool external (`external_tool: true`: an MCP
+/// server behind the proxy runs it) or the operator listed it in
+/// `external_tools`; such a call is ALLOWed without a `tool_result`, and the
+/// tool's name needs to be written only once, in the policy's `allowed_tools`.
+/// Every other call runs here, and an unknown name is FAILED (`Tool 'T' is
+/// not registered`), as in the Python library.
+pub fn runs_in_kernel(
+    name: &str,
+    declared_external: bool,
+    external_tools: &BTreeSet<String>,
+) -> bool {
+    !declared_external && !external_tools.contains(name)
 }
 
 /// Runs the tool `name` with `params`.
@@ -207,6 +227,85 @@ mod tests {
         assert_eq!(
             run("ghost", json!({})).unwrap_err(),
             "Tool 'ghost' is not registered"
+        );
+    }
+}
+
+#[cfg(test)]
+mod where_tools_run {
+    //! Given a policy that names an MCP tool once, when a call is marked
+    //! `external_tool`, then it is ALLOWed without running here.
+    use crate::kernel::tests::ctx;
+    use crate::kernel::{MemoryKernel, Policy, RawRequest, Receipt, Status, Variant};
+    use serde_json::{Value, json};
+
+    fn submit(request: Value) -> Receipt {
+        submit_to(request).0
+    }
+
+    fn submit_to(request: Value) -> (Receipt, MemoryKernel) {
+        let policy =
+            Policy::from_yaml("allowed_actors: [alice]\nallowed_tools: [echo, fs.read_file]\n")
+                .unwrap();
+        let mut k = MemoryKernel::create("k-tools", Variant::Strict, &policy, 1_000).unwrap();
+        let receipt = k
+            .submit(&RawRequest::from_value(request).unwrap(), &ctx(2_000))
+            .unwrap();
+        (receipt, k)
+    }
+
+    #[test]
+    fn a_call_marked_external_is_allowed_without_a_result() {
+        let r = submit(
+            json!({"request_id": "r1", "actor": "alice", "intent": "read",
+            "tool_call": {"name": "fs.read_file", "params": {"path": "/etc/motd"}}, "external_tool": true}),
+        );
+        assert_eq!((r.status, r.decision.as_str()), (Status::Accepted, "ALLOW"));
+        assert_eq!(r.tool_result, None);
+    }
+
+    #[test]
+    fn the_same_call_unmarked_is_failed_as_not_registered() {
+        let r = submit(
+            json!({"request_id": "r1", "actor": "alice", "intent": "read",
+            "tool_call": {"name": "fs.read_file", "params": {"path": "/etc/motd"}}}),
+        );
+        assert_eq!((r.status, r.decision.as_str()), (Status::Failed, "DENY"));
+        assert_eq!(
+            r.error.as_deref(),
+            Some("Tool execution failed: Tool 'fs.read_file' is not registered")
+        );
+    }
+
+    #[test]
+    fn a_built_in_name_marked_external_is_not_run_here() {
+        // An upstream `echo` takes other arguments than ours: running ours would FAIL it.
+        let r = submit(
+            json!({"request_id": "r1", "actor": "alice", "intent": "say",
+            "tool_call": {"name": "echo", "params": {"message": "hi"}}, "external_tool": true}),
+        );
+        assert_eq!((r.status, r.tool_result), (Status::Accepted, None));
+    }
+
+    #[test]
+    fn a_marked_call_is_still_judged_by_the_policy_and_its_denial_names_the_tool() {
+        let (r, k) = submit_to(json!({"request_id": "r1", "actor": "alice", "intent": "rm",
+            "tool_call": {"name": "fs.delete", "params": {}}, "external_tool": true}));
+        assert_eq!((r.status, r.decision.as_str()), (Status::Rejected, "DENY"));
+        assert_eq!(
+            r.error.as_deref(),
+            Some("Jurisdiction denied: Tool 'fs.delete' is not in allowed tools")
+        );
+        assert_eq!(k.entries[1].tool_name.as_deref(), Some("fs.delete"));
+    }
+
+    #[test]
+    fn a_non_boolean_mark_fails_validation() {
+        let r = submit(json!({"request_id": "r1", "actor": "alice", "intent": "x",
+            "tool_call": {"name": "echo", "params": {"text": "x"}}, "external_tool": "yes"}));
+        assert_eq!(
+            r.error.as_deref(),
+            Some("Validation failed: external_tool must be a boolean")
         );
     }
 }

@@ -80,7 +80,7 @@ impl Ledger {
         self.inner.lock_core()
     }
 
-    fn check_open(&self) -> Result<(), LedgerError> {
+    pub(super) fn check_open(&self) -> Result<(), LedgerError> {
         self.inner.check_open()
     }
 
@@ -95,7 +95,7 @@ impl Ledger {
     /// Queues one sealed entry (and its request record) for the next group
     /// commit, applies it to the state and returns the wait for its
     /// durability. The store sees it when the flusher takes the batch.
-    fn enqueue_locked(
+    pub(super) fn enqueue_locked(
         &self,
         core: &mut Core,
         entry: Entry,
@@ -126,7 +126,7 @@ impl Ledger {
 
     /// A wait for durability of entry `seq`, which is already queued or
     /// stored (the caller holds the core lock, so it cannot overtake it).
-    fn durable_after_locked(&self, seq: u64) -> Durable {
+    pub(super) fn durable_after_locked(&self, seq: u64) -> Durable {
         if self.inner.durable_len.load(Ordering::Acquire) > seq {
             return Durable(None);
         }

@@ -14,6 +14,7 @@
 //! * `handle` — the [`Ledger`] handle: submit, events, reads, close
 //! * `core` — the shared state and its two locks (core → queue)
 //! * `commit` — the group-commit flusher
+//! * [`outcome`] — recording a `kernel.outcome` once per request
 //! * `requests` and `request_index` — finding a request id's decision
 //! * `checkpoint` — when the state is stored, and what a stored one holds
 //! * `traces` — the check that a store did not come back shorter
@@ -27,6 +28,7 @@ mod core;
 mod error;
 mod handle;
 pub mod open;
+pub mod outcome;
 mod request_index;
 mod requests;
 mod status;

@@ -100,6 +100,15 @@ pub async fn submit(
     Extension(principal): Extension<Principal>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Receipt>, ApiError> {
+    submit_for(&state, &principal, body).await.map(Json)
+}
+
+/// Submits `body` for `principal` (the handler, and the MCP front in-process).
+pub(crate) async fn submit_for(
+    state: &AppState,
+    principal: &Principal,
+    body: Value,
+) -> Result<Receipt, ApiError> {
     principal.require(SUBMITTERS)?;
     let raw = RawRequest::from_value(body)
         .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
@@ -114,8 +123,7 @@ pub async fn submit(
         )
     })?;
     principal.may_act_as(&request.actor)?;
-    let receipt = state.ledger().submit(submission).await?;
-    Ok(Json(receipt))
+    Ok(state.ledger().submit(submission).await?)
 }
 
 /// `GET /v1/status`.

@@ -34,6 +34,14 @@ pub enum ApiError {
     Forbidden(String),
     /// 404: no such endpoint.
     NotFound,
+    /// 404: the call names something that does not exist (a request id, an
+    /// MCP server).
+    Unknown {
+        /// Stable machine-readable code.
+        code: &'static str,
+        /// What was not found.
+        message: String,
+    },
     /// 405: the endpoint does not take that method.
     MethodNotAllowed,
     /// 409 `halted`: the kernel is halted (the halt's reason).
@@ -83,6 +91,28 @@ pub enum ApiError {
     },
     /// 500: a fault of ours; the cause is logged, never sent.
     Internal,
+    /// The MCP front refused a message or could not relay it: answered as
+    /// the JSON-RPC error object `body` (what an MCP client reads), with
+    /// the status of its kind.
+    Mcp {
+        /// Why.
+        kind: McpRefusal,
+        /// The JSON-RPC error message.
+        body: Vec<u8>,
+    },
+}
+
+/// Why the MCP front (`/mcp/{name}`) answered a JSON-RPC error itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum McpRefusal {
+    /// 400: not one JSON-RPC message, or headers that do not match it.
+    BadMessage,
+    /// 403: an `Origin` that may not call the front.
+    Origin,
+    /// 404: no MCP server of that name is configured.
+    UnknownServer,
+    /// 502: the upstream MCP server is unreachable or its answer unreadable.
+    Upstream,
 }
 
 /// The JSON body of an error answer.
@@ -143,6 +173,7 @@ impl ApiError {
             ),
             ApiError::Forbidden(message) => (S::FORBIDDEN, "forbidden", message, None),
             ApiError::NotFound => (S::NOT_FOUND, "not_found", "no such endpoint".into(), None),
+            ApiError::Unknown { code, message } => (S::NOT_FOUND, code, message, None),
             ApiError::MethodNotAllowed => (
                 S::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
@@ -204,12 +235,40 @@ impl ApiError {
                 "internal error; see the service log".into(),
                 None,
             ),
+            // (`into_response` sends the JSON-RPC body itself.)
+            ApiError::Mcp { kind, body } => (
+                kind.status(),
+                "mcp_refused",
+                String::from_utf8_lossy(&body).into_owned(),
+                None,
+            ),
+        }
+    }
+}
+
+impl McpRefusal {
+    fn status(self) -> StatusCode {
+        match self {
+            McpRefusal::BadMessage => StatusCode::BAD_REQUEST,
+            McpRefusal::Origin => StatusCode::FORBIDDEN,
+            McpRefusal::UnknownServer => StatusCode::NOT_FOUND,
+            McpRefusal::Upstream => StatusCode::BAD_GATEWAY,
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let ApiError::Mcp { kind, body } = self {
+            let status = kind.status();
+            tracing::info!(status = status.as_u16(), refusal = ?kind, "MCP message refused");
+            return (
+                status,
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response();
+        }
         let ready_probe = matches!(self, ApiError::NotReady);
         let (status, code, message, receipt) = self.parts();
         if status.is_server_error() {
@@ -357,6 +416,14 @@ mod tests {
             (ApiError::Unauthorized, 401, "unauthorized"),
             (ApiError::forbidden("no"), 403, "forbidden"),
             (ApiError::NotFound, 404, "not_found"),
+            (
+                ApiError::Unknown {
+                    code: "unknown_request",
+                    message: "x".into(),
+                },
+                404,
+                "unknown_request",
+            ),
             (ApiError::MethodNotAllowed, 405, "method_not_allowed"),
             (ApiError::Halted("r".into()), 409, "halted"),
             (
@@ -426,6 +493,24 @@ mod tests {
         let (status, body) = answer(LedgerError::Unavailable("/dev/sda1 died".into()).into()).await;
         assert_eq!(status, 503);
         assert!(!body.to_string().contains("sda1"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn an_mcp_refusal_is_its_json_rpc_error_with_the_status_of_its_kind() {
+        let body = serde_json::json!({"jsonrpc": "2.0", "id": 7, "error": {"code": -32600, "message": "no"}});
+        for (kind, status) in [
+            (McpRefusal::BadMessage, 400),
+            (McpRefusal::Origin, 403),
+            (McpRefusal::UnknownServer, 404),
+            (McpRefusal::Upstream, 502),
+        ] {
+            let (got, answer) = answer(ApiError::Mcp {
+                kind,
+                body: serde_json::to_vec(&body).unwrap(),
+            })
+            .await;
+            assert_eq!((got, &answer), (status, &body));
+        }
     }
 
     #[tokio::test]

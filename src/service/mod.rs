@@ -8,11 +8,14 @@
 //! * [`api`] — the `/v1/` handlers, `/health`, `/ready`, `/metrics`
 //! * [`entries`] — `/v1/evidence` and `/v1/entries`: reading the chain
 //! * [`cluster`] — the cluster membership's routes and halt/recover actor
+//! * [`agents`] — what agents' proxies read (`/v1/policy/allowed`) and the
+//!   MCP front (`/mcp/{name}`)
 //! * [`auth`] — bearer tokens and roles
 //! * [`error`] — the one place errors become status codes
 //! * [`openapi`] — the OpenAPI document, generated from the handlers
 //! * [`conn`] — the accept loop: header-read timeout and connection cap
 
+pub mod agents;
 pub mod api;
 pub mod auth;
 pub mod cluster;
@@ -82,6 +85,7 @@ struct AppInner {
     settings: ServiceSettings,
     rotation: Option<Arc<dyn RotationControl>>,
     cluster: Option<Arc<dyn ClusterControl>>,
+    mcp: crate::mcp::front::McpFront,
 }
 
 /// Shared state of the handlers: a cheap clone over an `Arc`.
@@ -105,19 +109,37 @@ impl AppState {
                 settings,
                 rotation,
                 cluster: None,
+                mcp: crate::mcp::front::McpFront::default(),
             }),
         }
     }
 
-    /// This state with the instance's cluster membership (before the
-    /// router is built: the state must not be shared yet).
+    /// This state with the instance's cluster membership.
     pub fn with_cluster(self, cluster: Arc<dyn ClusterControl>) -> AppState {
-        let inner = Arc::try_unwrap(self.inner)
-            .unwrap_or_else(|_| panic!("with_cluster is called before the state is shared"));
+        let inner = &self.inner;
         AppState {
             inner: Arc::new(AppInner {
+                ledger: inner.ledger.clone(),
+                tokens: inner.tokens.clone(),
+                settings: inner.settings.clone(),
+                rotation: inner.rotation.clone(),
+                mcp: inner.mcp.clone(),
                 cluster: Some(cluster),
-                ..inner
+            }),
+        }
+    }
+
+    /// The same state, fronting the MCP servers of `mcp` at `/mcp/{name}`.
+    pub fn with_mcp(self, mcp: crate::mcp::front::McpFront) -> AppState {
+        let inner = &self.inner;
+        AppState {
+            inner: Arc::new(AppInner {
+                ledger: inner.ledger.clone(),
+                tokens: inner.tokens.clone(),
+                settings: inner.settings.clone(),
+                rotation: inner.rotation.clone(),
+                mcp,
+                cluster: inner.cluster.clone(),
             }),
         }
     }
@@ -125,6 +147,11 @@ impl AppState {
     /// The cluster membership, when a cluster is configured.
     pub fn cluster(&self) -> Option<&Arc<dyn ClusterControl>> {
         self.inner.cluster.as_ref()
+    }
+
+    /// The MCP front.
+    pub fn mcp(&self) -> &crate::mcp::front::McpFront {
+        &self.inner.mcp
     }
 
     /// The ledger.
@@ -159,6 +186,8 @@ pub const ROUTES: &[&str] = &[
     "/v1/evidence",
     "/v1/entries",
     "/v1/policy",
+    "/v1/policy/allowed",
+    "/v1/outcomes",
     "/v1/halt",
     "/v1/recover",
     "/v1/preserve",
@@ -170,12 +199,15 @@ pub const ROUTES: &[&str] = &[
 
 /// The application: every route, with auth, limits, timeouts and logging.
 pub fn router(state: AppState) -> Router {
+    let tokens = Arc::new(state.tokens().clone());
     let v1 = Router::new()
         .route("/requests", post(api::submit))
         .route("/status", get(api::status))
         .route("/evidence", get(entries::evidence))
         .route("/entries", get(entries::entries))
         .route("/policy", get(api::get_policy).put(api::put_policy))
+        .route("/policy/allowed", get(agents::allowed))
+        .route("/outcomes", post(agents::outcomes))
         .route("/halt", post(api::halt))
         .route("/recover", post(api::recover))
         .route("/preserve", post(api::preserve))
@@ -184,14 +216,23 @@ pub fn router(state: AppState) -> Router {
         .route("/cluster/leave", post(cluster::leave))
         .route("/openapi.json", get(openapi::document))
         .route_layer(middleware::from_fn_with_state(
-            Arc::new(state.tokens().clone()),
+            tokens.clone(),
             auth::authenticate,
         ));
+    let mcp = Router::new()
+        .route(
+            "/mcp/{name}",
+            post(agents::mcp_post)
+                .get(agents::mcp_pass)
+                .delete(agents::mcp_pass),
+        )
+        .route_layer(middleware::from_fn_with_state(tokens, auth::authenticate));
     Router::new()
         .route("/health", get(api::health))
         .route("/ready", get(api::ready))
         .route("/metrics", get(api::metrics))
         .nest("/v1", v1)
+        .merge(mcp)
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.settings().max_body_bytes))
@@ -206,12 +247,25 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     let method = req.method().clone();
     // This layer runs before routing, so the route label is the path when
     // it is one of ours (bounded label values), else "other".
+    let path = req.uri().path();
     let route = ROUTES
         .iter()
-        .find(|r| **r == req.uri().path())
-        .map_or("other", |r| r)
+        .find(|r| **r == path)
+        .map_or(
+            if path.starts_with("/mcp/") {
+                "/mcp/{name}"
+            } else {
+                "other"
+            },
+            |r| r,
+        )
         .to_owned();
-    let timeout = state.settings().request_timeout;
+    // An MCP upstream may take long to start answering a tool call.
+    let timeout = if route == "/mcp/{name}" {
+        state.mcp().timeout
+    } else {
+        state.settings().request_timeout
+    };
     let declared = req
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
@@ -265,25 +319,40 @@ pub async fn serve(
     serve_with(listener, app, shutdown, ConnectionLimits::default()).await
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Completes on Ctrl-C or SIGTERM. The handlers are installed when this is
+/// called (not when the future is first polled), so call it before saying
+/// that the service is up: a signal that comes after that is a clean stop,
+/// never the default action's kill. Needs a Tokio runtime.
+#[cfg(unix)]
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut int = signal(SignalKind::interrupt()).ok();
+    async move {
+        tokio::select! {
+            _ = received(term.as_mut()) => {},
+            _ = received(int.as_mut()) => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+        tracing::info!("shutdown signal received");
     }
-    tracing::info!("shutdown signal received");
+}
+
+/// Completes when `signal` arrives (never, when it could not be handled).
+#[cfg(unix)]
+async fn received(signal: Option<&mut tokio::signal::unix::Signal>) {
+    match signal {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// Completes on Ctrl-C.
+#[cfg(not(unix))]
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutdown signal received");
+    }
 }

@@ -45,6 +45,9 @@ pub struct RequestSchema {
     permit: Option<Object>,
     /// Caller's timestamp (informational).
     ts_ms: Option<u64>,
+    /// The caller runs the tool after an ALLOW (e.g. an MCP server behind
+    /// `kernels mcp-proxy`): the kernel decides and records, never runs it.
+    external_tool: Option<bool>,
 }
 
 /// The kernel's answer.
@@ -136,6 +139,51 @@ pub struct PreserveSchema {
     to_seq: Option<u64>,
 }
 
+/// `GET /v1/policy/allowed`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(example = json!({"actor": "agent-001", "allowed": true, "tools": ["github.create_issue", "search"], "policy_version": 3}))]
+pub struct AllowedSchema {
+    /// The actor asked about.
+    actor: String,
+    /// Whether the policy allows the actor at all.
+    allowed: bool,
+    /// The tools it may call: a list of names, or `"*"` for any (`[]` when not allowed).
+    #[schema(value_type = Object)]
+    tools: Value,
+    /// Version of the policy this was read from.
+    policy_version: u64,
+}
+
+/// `POST /v1/outcomes`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(example = json!({"request_id": "mcp-5f0c…", "ok": true, "result_sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", "error": null}))]
+pub struct OutcomeSchema {
+    /// The ALLOWed request.
+    request_id: String,
+    /// Whether the tool finished without an error.
+    ok: bool,
+    /// SHA-256 of the canonical JSON of the result (never the result).
+    result_sha256: Option<String>,
+    /// What went wrong (at most 4096 characters).
+    error: Option<String>,
+}
+
+/// The answer of `POST /v1/outcomes`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct OutcomeRecordedSchema {
+    /// The request.
+    request_id: String,
+    /// Seq of the `kernel.outcome` entry.
+    ledger_seq: u64,
+    /// Its hash.
+    entry_hash: String,
+    /// False when the same outcome was already recorded (nothing new).
+    recorded: bool,
+}
+
 struct BearerAuth;
 
 impl Modify for BearerAuth {
@@ -169,9 +217,11 @@ impl Modify for BearerAuth {
         super::api::rotate,
         super::api::verify,
         super::cluster::leave,
+        super::agents::allowed,
+        super::agents::outcomes,
         document,
     ),
-    components(schemas(RequestSchema, ReceiptSchema, StatusSchema, PolicyUpdateSchema, ReasonSchema, PreserveSchema, super::error::ErrorBody)),
+    components(schemas(RequestSchema, ReceiptSchema, StatusSchema, PolicyUpdateSchema, ReasonSchema, PreserveSchema, AllowedSchema, OutcomeSchema, OutcomeRecordedSchema, super::error::ErrorBody)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

@@ -17,6 +17,9 @@
 //! * [`webhook`] — a webhook receiver (alerts)
 //! * [`fs`] — file helpers (copying a data dir)
 //! * [`datadir`] — acting on a data dir from outside (damaging stored bytes)
+//! * [`mcp`] — the MCP tests' pieces: the test venv's Python (the official
+//!   SDK's fixture servers) and `kernels mcp-proxy` as a child speaking raw
+//!   JSON-RPC lines
 //!
 //! The tokens below are the ones both servers accept.
 
@@ -28,6 +31,7 @@ pub mod fs;
 pub mod gate;
 pub mod haproxy;
 pub mod http;
+pub mod mcp;
 pub mod moto;
 pub mod process;
 pub mod s3;

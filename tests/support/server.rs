@@ -189,3 +189,21 @@ pub async fn post(url: &str, token: Option<&str>, body: &Value) -> (u16, Value) 
 pub async fn get(url: &str, token: Option<&str>) -> (u16, Value) {
     call(reqwest::Method::GET, url, token, None).await
 }
+
+/// The service's ledger length (`GET /v1/status`).
+pub async fn length(server: &TestServer) -> u64 {
+    let (code, status) = get(&server.url("/v1/status"), Some(AUDITOR)).await;
+    assert_eq!(code, 200);
+    status["ledger_length"].as_u64().unwrap()
+}
+
+/// The entry at `seq`, read back over HTTP.
+pub async fn entry_at(server: &TestServer, seq: u64) -> Value {
+    let (code, page) = get(
+        &server.url(&format!("/v1/entries?from_seq={seq}&limit=1")),
+        Some(AUDITOR),
+    )
+    .await;
+    assert_eq!(code, 200, "{page}");
+    page["entries"][0].clone()
+}

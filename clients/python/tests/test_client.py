@@ -10,12 +10,14 @@ import httpx
 import pytest
 
 from kernels_client import (
+    DecidedInEarlierSession,
     Decision,
     KernelHalted,
     KernelReceipt,
     KernelRequest,
     KernelsClient,
     KernelsError,
+    OutcomeRecord,
     Receipt,
     ReceiptStatus,
     RequestConflict,
@@ -184,3 +186,23 @@ def test_models_match_the_openapi_document(server: KernelsServer) -> None:
     assert required_here == set(receipt["required"])
     tool = schemas["ToolCallSchema"]
     assert set(tool["properties"]) == set(ToolCall.model_fields)
+    # The answer of POST /v1/outcomes: one shape on both sides, every field required.
+    outcome = schemas["OutcomeRecordedSchema"]
+    assert set(outcome["properties"]) == set(OutcomeRecord.model_fields)
+    assert set(outcome["required"]) == {n for n, f in OutcomeRecord.model_fields.items() if f.is_required()}
+
+
+def test_a_retry_after_recovery_is_not_an_old_allow(agent: KernelsClient, operator: KernelsClient) -> None:
+    request = KernelRequest(
+        actor="agent-001",
+        intent="look up",
+        tool_call=ToolCall(name="lookup", params={"key": "before-halt"}),
+        params={"key": "before-halt"},
+    ).with_request_id()
+    old = agent.submit(request)
+    assert old.allowed
+    operator.halt("policy change")
+    operator.recover("new session")
+    with pytest.raises(DecidedInEarlierSession) as e:
+        agent.submit(request)
+    assert e.value.receipt == old

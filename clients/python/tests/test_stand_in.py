@@ -1,8 +1,10 @@
-"""The client's side of the calls the real server does not answer yet
-(``POST /v1/outcomes``, ``GET /v1/checkpoint``, ``GET /v1/proofs/inclusion``,
-409 ``decided_in_earlier_session``), against a stand-in HTTP server that
-answers as the API documents. Beside, not instead of, the real-server tests:
-it checks what the client sends and how it reads the answers."""
+"""The client's side of some calls against a stand-in HTTP server that
+answers as the API documents: what the client sends (the outcome body and
+its canonical hash), how it reads answers the real server cannot be made to
+give on demand (an outcome that cannot be recorded after the tool ran), and
+the calls the real server does not answer yet (``GET /v1/checkpoint``,
+``GET /v1/proofs/inclusion``). Beside, not instead of, the real-server tests
+(``test_outcomes.py`` for outcomes)."""
 
 from __future__ import annotations
 
@@ -101,9 +103,13 @@ def receipt_for(body: dict, decision: str = "ALLOW", seq: int = 7) -> dict:
     }
 
 
-def allow_and_record(stand_in: StandIn, outcome: tuple[int, Any] = (200, {"ledger_seq": 8, "entry_hash": "ef" * 32})):
+def recorded(body: dict, query: dict) -> tuple[int, Any]:
+    return 200, {"request_id": body["request_id"], "ledger_seq": 8, "entry_hash": "ef" * 32, "recorded": True}
+
+
+def allow_and_record(stand_in: StandIn, outcome: Route = recorded) -> None:
     stand_in.routes["POST /v1/requests"] = lambda body, q: (200, receipt_for(body))
-    stand_in.routes["POST /v1/outcomes"] = lambda body, q: outcome
+    stand_in.routes["POST /v1/outcomes"] = outcome
 
 
 def test_governed_runs_once_after_an_allow_and_records_the_outcome(stand_in: StandIn) -> None:
@@ -119,6 +125,7 @@ def test_governed_runs_once_after_an_allow_and_records_the_outcome(stand_in: Sta
         assert lookup("k") == {"key": "k", "n": 1.5}
     assert ran == ["k"]
     [request] = stand_in.bodies("POST", "/v1/requests")
+    assert request["external_tool"] is True, "the client runs the tool, not the kernel"
     [outcome] = stand_in.bodies("POST", "/v1/outcomes")
     assert outcome == {
         "request_id": request["request_id"],
@@ -148,7 +155,7 @@ def test_a_failing_tool_records_its_error_and_raises(stand_in: StandIn) -> None:
 
 
 def test_an_outcome_that_cannot_be_recorded_raises_with_the_result(stand_in: StandIn) -> None:
-    allow_and_record(stand_in, outcome=(404, {"error": "unknown request", "code": "not_found"}))
+    allow_and_record(stand_in, outcome=lambda body, q: (404, {"error": "unknown request", "code": "unknown_request"}))
     ran: list[int] = []
     with KernelsClient(stand_in.url, "t", retry=FAST_RETRY) as client:
 
@@ -267,6 +274,7 @@ def test_governed_tool_runs_after_an_allow_and_records_the_outcome(stand_in: Sta
     assert ran == ["k"]
     [request] = stand_in.bodies("POST", "/v1/requests")
     assert request["tool_call"] == {"name": "lookup", "params": {"key": "k"}}
+    assert request["external_tool"] is True
     [outcome] = stand_in.bodies("POST", "/v1/outcomes")
     assert outcome["request_id"] == request["request_id"]
     assert outcome["result_sha256"] == result_sha256("value of k")

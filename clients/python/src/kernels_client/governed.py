@@ -78,7 +78,12 @@ def build_request(
     evidence: Optional[str],
     permit: Optional[dict[str, Any]],
 ) -> KernelRequest:
-    """The kernel request of one governed call (with a fresh request id)."""
+    """The kernel request of one governed call (with a fresh request id).
+
+    It is marked ``external_tool``: the caller runs the tool, never the
+    kernel (which would otherwise run its own built-in of the same name, or
+    fail a tool that is not in its ``external_tools``).
+    """
     return KernelRequest(
         actor=actor,
         intent=intent or f"call {tool}",
@@ -86,6 +91,7 @@ def build_request(
         params=params or None,
         evidence=evidence,
         permit=permit,
+        external_tool=True,
     ).with_request_id()
 
 

@@ -66,6 +66,10 @@ class KernelRequest(BaseModel):
     evidence: Optional[str] = None
     permit: Optional[dict[str, Any]] = None
     ts_ms: Optional[int] = None
+    #: The caller runs the tool after an ALLOW (``governed``, ``GovernedTool``,
+    #: an MCP server behind ``kernels mcp-proxy``): the kernel decides and
+    #: records but never runs it, so the policy alone names the tool.
+    external_tool: Optional[bool] = None
 
     def with_request_id(self) -> "KernelRequest":
         """This request with a request id (a generated one when it has none)."""
@@ -202,12 +206,22 @@ class RecoverResult(BaseModel):
 
 
 class OutcomeRecord(BaseModel):
-    """``POST /v1/outcomes``: the entry that recorded a tool's outcome."""
+    """``POST /v1/outcomes``: the entry that recorded a tool's outcome.
+
+    An outcome is recorded once per request. Sending the same outcome again
+    (a retry after a lost answer) answers the same entry with ``recorded``
+    false; a different outcome for the same request is a 409
+    (:class:`RequestConflict`).
+    """
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    ledger_seq: Optional[int] = None
-    entry_hash: Optional[str] = None
+    request_id: str
+    ledger_seq: int
+    entry_hash: str
+    #: True when this call recorded it; false when the same outcome was
+    #: already recorded (the entry named is that earlier one).
+    recorded: bool
 
 
 class InclusionProof(BaseModel):
