@@ -178,21 +178,11 @@ fn sampler(
     })
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()
-        .unwrap();
-    assert!(status.success(), "cp -a failed");
-}
-
 fn run(src: &Path, kernel_id: &str, verify: VerifyOnOpen, run: u64) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let t = Instant::now();
-    copy_dir(src, &data);
+    support::fs::copy_dir(src, &data);
     let copy_s = t.elapsed().as_secs_f64();
     let work = tmp.path().join("work");
     let s3_root = tmp.path().join("s3");

@@ -263,6 +263,36 @@ fn opt_str(out: &mut String, value: Option<&str>) {
     }
 }
 
+/// Which entries an investigation looks at (play 3.2): every field given
+/// must match, none given matches all. The one rule behind the filters of
+/// `GET /v1/entries` and `kernels investigate`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EntryFilter<'a> {
+    /// The entry's `actor`.
+    pub actor: Option<&'a str>,
+    /// The entry's `tool_name` (denied requests name the tool they asked
+    /// for, events their `kernel.*` name).
+    pub tool: Option<&'a str>,
+    /// The entry's `decision` (`ALLOW`, `DENY` or `HALT`).
+    pub decision: Option<&'a str>,
+    /// The entry's `request_id`.
+    pub request_id: Option<&'a str>,
+}
+
+impl EntryFilter<'_> {
+    /// Whether `entry` passes the filter.
+    pub fn matches(&self, entry: &Entry) -> bool {
+        self.actor.is_none_or(|a| entry.actor.as_str() == a)
+            && self
+                .tool
+                .is_none_or(|t| entry.tool_name.as_deref() == Some(t))
+            && self.decision.is_none_or(|d| entry.decision == d)
+            && self
+                .request_id
+                .is_none_or(|id| entry.request_id.as_str() == id)
+    }
+}
+
 /// A text field, borrowed: a string, or (for invalid requests) any JSON value.
 #[derive(Debug, Clone, Copy)]
 pub enum TextRef<'a> {
@@ -524,5 +554,51 @@ mod tests {
         let mut other = entry.clone();
         other.prev_hash = "1".repeat(64);
         assert_ne!(other.compute_hash(), entry.entry_hash);
+    }
+
+    #[test]
+    fn a_filter_passes_what_matches_every_field_it_gives() {
+        let entry = body().seal(0, GENESIS_HASH);
+        let all = EntryFilter::default();
+        assert!(all.matches(&entry));
+        let exact = EntryFilter {
+            actor: Some("agent-001"),
+            tool: Some("echo"),
+            decision: Some("ALLOW"),
+            request_id: Some("req-1"),
+        };
+        assert!(exact.matches(&entry));
+        for miss in [
+            EntryFilter {
+                actor: Some("agent-002"),
+                ..exact
+            },
+            EntryFilter {
+                tool: Some("add"),
+                ..exact
+            },
+            EntryFilter {
+                decision: Some("DENY"),
+                ..exact
+            },
+            EntryFilter {
+                request_id: Some("req-2"),
+                ..exact
+            },
+        ] {
+            assert!(!miss.matches(&entry), "{miss:?}");
+        }
+        // An entry that names no tool passes only a filter without one.
+        let toolless = EntryBody {
+            tool_name: None,
+            ..body()
+        }
+        .seal(0, GENESIS_HASH);
+        let by_tool = EntryFilter {
+            tool: Some("echo"),
+            ..all
+        };
+        assert!(!by_tool.matches(&toolless));
+        assert!(all.matches(&toolless));
     }
 }

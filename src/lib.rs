@@ -6,7 +6,9 @@
 //! an append-only, SHA-256 hash-chained entry, compatible byte for byte with
 //! the Python KERNELS library's evidence format.
 //!
-//! The layout, from the pure core outwards:
+//! The layout, from the pure core outwards. These do no file or network I/O
+//! of their own (callers hand them readers, writers, times and keys), except
+//! [`verify`], which reads bundle files on worker threads:
 //!
 //! * [`canonical`] — Python-compatible canonical JSON, the basis of every hash
 //! * [`entry`] — the ledger entry and its hash
@@ -16,17 +18,20 @@
 //! * [`note`], [`checkpoint`] — C2SP signed notes and Ed25519 keys, and the
 //!   signed tree heads (checkpoints, witness cosignatures) built on them
 //! * [`proofs`] — inclusion and consistency proof documents, built and checked
-//! * [`bundle`] — streamed evidence bundle reading and writing
+//! * [`bundle`] — the evidence bundle format, streamed over any reader or
+//!   writer
 //! * [`verify`] — parallel, streamed verification of bundle files
 //! * [`kernel`] — the pure kernel: requests, policy, variants, permits,
-//!   state machine, decisions, operational events and the folded state
+//!   state machine, decisions and their typed reasons, the built-in tools,
+//!   operational events and the folded state
 //!
 //! Around it, the shells that do I/O:
 //!
-//! * [`store`] — durable storage: the `LedgerStore` trait, sled, the
-//!   write-ahead log, the data dir and its record layout
+//! * [`store`] — storage behind the narrow `LedgerStore` trait: sled behind a
+//!   write-ahead log, an in-memory store, the data dir, format migrations
+//!   and the stored record layouts
 //! * [`ledger`] — the durable kernel: open and verify a data dir, decide under
-//!   one lock, group commit
+//!   one lock, group commit, the request index and state checkpoints
 //! * [`evidence`] — exports of a ledger and preserved evidence for incidents
 //! * [`rotator`] — archives to S3 and the forensic path back from them
 //! * [`alerts`] — the webhook that hears about halts, failures and updates

@@ -50,18 +50,6 @@ async fn operate(client: &reqwest::Client, server: &Server, path: &str, body: Va
     r
 }
 
-async fn metric(server: &Server, name: &str) -> f64 {
-    let text = reqwest::get(server.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_halt_reaches_the_webhook_and_so_do_recover_and_policy_updates() {
     let tmp = tempfile::tempdir().unwrap();
@@ -129,8 +117,8 @@ async fn a_halt_reaches_the_webhook_and_so_do_recover_and_policy_updates() {
         .map(|a| a["event"].clone())
         .collect();
     assert_eq!(events, ["halt", "recover", "policy_update"]);
-    assert_eq!(metric(&server, "kernels_alerts_sent_total").await, 3.0);
-    assert_eq!(metric(&server, "kernels_alerts_failed_total").await, 0.0);
+    assert_eq!(server.metric("kernels_alerts_sent_total").await, 3.0);
+    assert_eq!(server.metric("kernels_alerts_failed_total").await, 0.0);
     let (code, stderr) = server.terminate();
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
@@ -182,10 +170,10 @@ async fn a_dead_webhook_never_blocks_a_decision() {
     // Failures and drops are counted.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let failed = metric(&server, "kernels_alerts_failed_total").await;
-        let dropped = metric(&server, "kernels_alerts_dropped_total").await;
+        let failed = server.metric("kernels_alerts_failed_total").await;
+        let dropped = server.metric("kernels_alerts_dropped_total").await;
         if failed >= 1.0 && dropped >= 1.0 {
-            assert_eq!(metric(&server, "kernels_alerts_sent_total").await, 0.0);
+            assert_eq!(server.metric("kernels_alerts_sent_total").await, 0.0);
             break;
         }
         assert!(

@@ -6,7 +6,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kernels::kernel::{KernelState, Policy, RawRequest, Variant};
+use kernels::kernel::{KernelState, Policy, Variant};
 use kernels::ledger::{Ledger, LedgerOptions, SystemClock, replay_summary};
 use kernels::metrics::Metrics;
 use kernels::rotator::archive;
@@ -14,30 +14,13 @@ use kernels::rotator::head::HeadState;
 use kernels::rotator::manifest::{Manifest, kernel_prefix};
 use kernels::rotator::run::{Outcome, RunAnswer, Target, rotate_once};
 use kernels::service::RotationControl;
-use serde_json::json;
 use support::fs::copy_dir;
+use support::ledger::submit_n;
+use support::process;
 use support::s3::{self, S3Server};
 
 fn open(dir: &std::path::Path) -> Ledger {
-    let policy = Policy::from_yaml("allowed_actors: ['*']\nallowed_tools: [echo]\n").unwrap();
-    Ledger::open(
-        dir,
-        LedgerOptions::service("k-rot", Variant::Strict, policy),
-        Arc::new(SystemClock),
-        Arc::new(Metrics::new()),
-    )
-    .unwrap()
-}
-
-async fn submit_n(ledger: &Ledger, prefix: &str, n: usize) {
-    for i in 0..n {
-        let raw = RawRequest::from_value(
-            json!({"request_id": format!("{prefix}-{i}"), "actor": "agent-001",
-            "intent": "echo", "tool_call": {"name": "echo", "params": {"text": i}}}),
-        )
-        .unwrap();
-        ledger.submit(&raw).await.unwrap();
-    }
+    support::ledger::open(dir, "k-rot")
 }
 
 fn target(objects: kernels::rotator::objects::Objects, work: &std::path::Path) -> Target {
@@ -450,4 +433,57 @@ async fn replace_object(objects: &kernels::rotator::objects::Objects, key: &str,
         .send()
         .await
         .unwrap();
+}
+
+/// `kernels archive verify` lists the first problems of a tampered archive
+/// and counts the rest; `--json` lists every one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tamper_listing_shows_the_first_problems_and_counts_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = S3Server::start().await;
+    let ledger = open(&tmp.path().join("data"));
+    let t = target(server.objects().await, &tmp.path().join("work"));
+    submit_n(&ledger, "t", 40).await;
+    let Outcome::Archived { manifest, .. } = rotate_once(&ledger, &t, "SYSTEM").await.unwrap()
+    else {
+        panic!("expected an archive");
+    };
+    // Every request's intent changes (same length): each entry's hash fails.
+    let seg = server.object_path(&manifest.segment_key);
+    let text = std::fs::read_to_string(&seg).unwrap();
+    let tampered = text.replace(r#""intent":"echo""#, r#""intent":"ecHo""#);
+    assert_ne!(tampered, text, "{text}");
+    std::fs::write(&seg, tampered).unwrap();
+
+    let bucket = server.bucket_dir();
+    let args = [
+        "archive",
+        "verify",
+        "--dir",
+        bucket.to_str().unwrap(),
+        "--kernel-id",
+        "k-rot",
+    ];
+    let json = process::run(tmp.path(), &[&args[..], &["--json"]].concat(), None);
+    json.expect_code(1, "archive verify --json of a tampered archive");
+    let total = json.json()["errors"].as_array().unwrap().len();
+    assert!(total > 30, "{}", json.stdout);
+
+    let text = process::run(tmp.path(), &args, None);
+    text.expect_code(1, "archive verify of a tampered archive");
+    let listed = text
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("  error: "))
+        .count();
+    assert_eq!(listed, 20, "{}", text.stdout);
+    let more = format!(
+        "  … and {} more ({total} in all; --json lists every one)",
+        total - 20
+    );
+    assert!(
+        text.stdout.lines().any(|l| l == more),
+        "no {more:?} in {}",
+        text.stdout
+    );
 }

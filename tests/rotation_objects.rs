@@ -11,38 +11,19 @@ use std::sync::Arc;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
 use kernels::config::ObjectLock;
-use kernels::kernel::{Policy, RawRequest, Variant};
-use kernels::ledger::{Clock, Ledger, LedgerOptions, SystemClock};
-use kernels::metrics::Metrics;
+use kernels::ledger::{Clock, Ledger, SystemClock};
 use kernels::rotator::objects::{ObjectError, Objects, Written};
 use kernels::rotator::run::{Outcome, RotationError, Target, rotate_once};
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use support::ledger::submit_n;
 use support::moto::Moto;
 use support::s3::S3Server;
 
 const PART: usize = 5 * 1024 * 1024;
 
 fn open(dir: &Path) -> Ledger {
-    let policy = Policy::from_yaml("allowed_actors: ['*']\nallowed_tools: [echo]\n").unwrap();
-    Ledger::open(
-        dir,
-        LedgerOptions::service("k-obj", Variant::Strict, policy),
-        Arc::new(SystemClock),
-        Arc::new(Metrics::new()),
-    )
-    .unwrap()
-}
-
-async fn submit_n(ledger: &Ledger, prefix: &str, n: usize) {
-    for i in 0..n {
-        let raw = RawRequest::from_value(
-            json!({"request_id": format!("{prefix}-{i}"), "actor": "agent-001",
-            "intent": "echo", "tool_call": {"name": "echo", "params": {"text": i}}}),
-        )
-        .unwrap();
-        ledger.submit(&raw).await.unwrap();
-    }
+    support::ledger::open(dir, "k-obj")
 }
 
 /// A file of `len` pseudo-random bytes; answers its SHA-256.

@@ -252,21 +252,6 @@ async fn wait_rotations(
     }
 }
 
-/// The value of the metric line `name N` in `GET /metrics`.
-async fn metric(service: &Server, name: &str) -> f64 {
-    let text = http::client()
-        .get(service.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name} in {text}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_never_rotated_ledger_rotates_although_the_service_restarts_every_half_interval() {
     let tmp = tempfile::tempdir().unwrap();
@@ -365,8 +350,8 @@ async fn a_manual_run_outlives_its_request_and_is_retried_when_the_store_hangs()
     assert!(failed["retry_at_ms"].is_u64(), "{failed}");
     assert_eq!(r["failing"], true);
     assert_ne!(r["current_run"]["id"], run_id.as_str(), "{r:#}");
-    assert_eq!(metric(&service, "kernels_rotation_failing").await, 1.0);
-    assert!(metric(&service, "kernels_rotation_failures_total").await >= 1.0);
+    assert_eq!(service.metric("kernels_rotation_failing").await, 1.0);
+    assert!(service.metric("kernels_rotation_failures_total").await >= 1.0);
 
     // The store comes back: the worker retries the manual run by itself,
     // on behalf of the operator who asked, with no further call.
@@ -390,7 +375,7 @@ async fn a_manual_run_outlives_its_request_and_is_retried_when_the_store_hangs()
     assert_eq!(retried["actor"], failed["actor"], "{retried}");
     assert_eq!(retried["outcome"]["archived"], true, "{retried}");
     assert_eq!(r["failing"], false);
-    assert_eq!(metric(&service, "kernels_rotation_failing").await, 0.0);
+    assert_eq!(service.metric("kernels_rotation_failing").await, 0.0);
 
     // The pending-entries gauge agrees with the status.
     submit(&service, "b", 7).await;
@@ -398,7 +383,7 @@ async fn a_manual_run_outlives_its_request_and_is_retried_when_the_store_hangs()
     let pending = s["rotation"]["pending_entries"].as_u64().unwrap();
     assert_eq!(pending, 8, "{s:#}");
     assert_eq!(
-        metric(&service, "kernels_rotation_pending_entries").await,
+        service.metric("kernels_rotation_pending_entries").await,
         pending as f64
     );
     stop(service);

@@ -5,6 +5,11 @@
 
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+/// File helpers: the integration tests' own (`tests/support/fs.rs`), one
+/// definition for both.
+#[path = "../../tests/support/fs.rs"]
+pub mod fs;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

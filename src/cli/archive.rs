@@ -262,13 +262,16 @@ pub(super) fn archive(cmd: ArchiveCommand) -> CliResult {
                         report.last_seq.map_or("-".to_owned(), |s| s.to_string()),
                         report.root_hash
                     );
-                    for e in &report.errors {
+                    for e in report.errors.iter().take(super::LISTED_PROBLEMS) {
                         let seq = e.seq.map(|s| format!(" (entry {s})")).unwrap_or_default();
                         println!(
                             "  error: {}{seq}: {}",
                             e.object.as_deref().unwrap_or("archive"),
                             e.message
                         );
+                    }
+                    if let Some(more) = super::more_problems(report.errors.len()) {
+                        println!("{more}");
                     }
                     for w in &report.warnings {
                         println!("  warning: {w}");

@@ -26,7 +26,7 @@ use serde_json::Value;
 use super::client::{Client, ServerArgs, expect_ok, runtime};
 use super::datadir::{data_dir_of, open_read_only};
 use super::{CliError, CliResult, EXIT_OK};
-use crate::entry::Entry;
+use crate::entry::{Entry, EntryFilter};
 use crate::kernel::KernelState;
 use crate::kernel::state::event;
 use crate::ledger::open::VerifyOnOpen;
@@ -74,14 +74,13 @@ impl InvestigateArgs {
     }
 
     fn selects(&self, entry: &Entry) -> bool {
-        self.actor
-            .as_deref()
-            .is_none_or(|a| entry.actor.as_str() == a)
-            && self
-                .tool
-                .as_deref()
-                .is_none_or(|t| entry.tool_name.as_deref() == Some(t))
-            && self.decision.as_deref().is_none_or(|d| entry.decision == d)
+        EntryFilter {
+            actor: self.actor.as_deref(),
+            tool: self.tool.as_deref(),
+            decision: self.decision.as_deref(),
+            request_id: None,
+        }
+        .matches(entry)
     }
 }
 

@@ -410,35 +410,144 @@ fn arb_step() -> impl Strategy<Value = Value> {
     let actors = prop::sample::select(vec!["alice", "bob", "mallory", ""]);
     let tools = prop::sample::select(vec!["echo", "add", "ghost", "rm"]);
     let intents = prop::sample::select(vec!["do it", "", "  ", "ünïcödé 🙂"]);
-    (0u8..6, actors, tools, intents, any::<u16>()).prop_map(|(kind, actor, tool, intent, n)| match kind {
-        0 => json!({"halt": format!("h{n}")}),
-        1 => json!({"recover": format!("r{n}")}),
-        2 => json!({"policy_actor": actor}),
-        _ => json!({"request_id": format!("r{n}"), "actor": actor, "intent": intent,
-                    "tool_call": {"name": tool, "params": {"text": n, "a": n, "b": 1}}, "params": {"n": n}}),
-    })
+    (0u8..6, actors, tools, intents, any::<u16>(), any::<bool>()).prop_map(
+        |(kind, actor, tool, intent, n, exact)| match kind {
+            0 => json!({"halt": format!("h{n}")}),
+            1 => json!({"recover": format!("r{n}")}),
+            2 => json!({"policy_actor": actor}),
+            _ => {
+                // The tool's own parameters, or a mix no tool accepts.
+                let params = match (exact, tool) {
+                    (true, "add") => json!({"a": n, "b": 1}),
+                    (true, _) => json!({"text": n}),
+                    (false, _) => json!({"text": n, "a": n, "b": 1}),
+                };
+                json!({"request_id": format!("r{n}"), "actor": actor, "intent": intent,
+                       "tool_call": {"name": tool, "params": params}, "params": params})
+            }
+        },
+    )
+}
+
+/// What the kernel must do, worked out from the steps alone (not from the
+/// entries, and not through `apply`): the live state and its replay are
+/// both compared with it.
+#[derive(Debug, Default)]
+struct Model {
+    halted: bool,
+    session: u64,
+    policy_version: u64,
+    entries: u64,
+    allowed_actors: std::collections::BTreeSet<String>,
+    by_decision: std::collections::BTreeMap<String, u64>,
+    by_event: std::collections::BTreeMap<String, u64>,
+}
+
+impl Model {
+    /// A kernel just created with [`policy`].
+    fn created() -> Model {
+        Model {
+            session: 1,
+            policy_version: 1,
+            entries: 1,
+            allowed_actors: ["alice", "bob"].map(String::from).into(),
+            by_event: [("kernel.create".to_owned(), 1)].into(),
+            ..Model::default()
+        }
+    }
+
+    fn event(&mut self, name: &str) {
+        self.entries += 1;
+        *self.by_event.entry(name.to_owned()).or_default() += 1;
+    }
+
+    /// Whether a request must be allowed (`Some(true)`), must be denied
+    /// (`Some(false)`), or may go either way as far as the model knows.
+    fn expect_allow(&self, request: &Value) -> Option<bool> {
+        let actor = request["actor"].as_str().unwrap();
+        let tool = request["tool_call"]["name"].as_str().unwrap();
+        let params = request["tool_call"]["params"].as_object().unwrap();
+        if actor.is_empty()
+            || !self.allowed_actors.contains(actor)
+            || tool == "rm"
+            || params.len() == 3
+        {
+            return Some(false);
+        }
+        (request["intent"] == "do it" && matches!(tool, "echo" | "add")).then_some(true)
+    }
+
+    fn check(&self, state: &KernelState) -> Result<(), TestCaseError> {
+        let expected = if self.halted {
+            State::Halted
+        } else {
+            State::Idle
+        };
+        prop_assert_eq!(state.state, expected);
+        prop_assert_eq!(state.session, self.session);
+        prop_assert_eq!(state.policy_version, self.policy_version);
+        prop_assert_eq!(state.head.len, self.entries);
+        prop_assert_eq!(&state.counters.by_decision, &self.by_decision);
+        prop_assert_eq!(&state.counters.by_event, &self.by_event);
+        let actors = &state.policy.as_ref().unwrap().allowed_actors;
+        prop_assert!(actors.iter().eq(self.allowed_actors.iter()));
+        Ok(())
+    }
 }
 
 proptest! {
     #[test]
-    fn replay_of_the_entries_equals_the_live_state(steps in prop::collection::vec(arb_step(), 0..40)) {
+    fn live_state_and_replay_follow_an_independent_model(steps in prop::collection::vec(arb_step(), 0..40)) {
         let mut k = kernel(Variant::Strict);
+        let mut model = Model::created();
+        model.check(&k.state)?;
         for (i, step) in steps.into_iter().enumerate() {
             let now = 2_000 + i as u64;
             if let Some(reason) = step.get("halt").and_then(Value::as_str) {
-                if let Ok(body) = k.state.halt_event(now, "ops", reason) { k.record(body); }
+                let body = k.state.halt_event(now, "ops", reason);
+                prop_assert_eq!(body.is_ok(), !model.halted);
+                if let Ok(body) = body {
+                    k.record(body);
+                    model.halted = true;
+                    model.event("kernel.halt");
+                }
             } else if let Some(reason) = step.get("recover").and_then(Value::as_str) {
-                if let Ok(body) = k.state.recover_event(now, "ops", reason) { k.record(body); }
+                let body = k.state.recover_event(now, "ops", reason);
+                prop_assert_eq!(body.is_ok(), model.halted);
+                if let Ok(body) = body {
+                    k.record(body);
+                    model.halted = false;
+                    model.session += 1;
+                    model.event("kernel.recover");
+                }
             } else if let Some(actor) = step.get("policy_actor").and_then(Value::as_str) {
                 let mut p = k.state.policy.clone().unwrap();
                 p.allowed_actors.insert(actor.to_owned());
                 let body = k.state.policy_update_event(now, "ops", &p, "widen", events::POLICY_FROM_API).unwrap();
                 k.record(body);
+                model.allowed_actors.insert(actor.to_owned());
+                model.policy_version += 1;
+                model.event("kernel.policy_update");
             } else {
-                let raw = RawRequest::from_value(step).unwrap();
-                let _ = k.submit(&raw, &ctx(now));
+                let raw = RawRequest::from_value(step.clone()).unwrap();
+                match k.submit(&raw, &ctx(now)) {
+                    Ok(receipt) => {
+                        prop_assert!(!model.halted, "decided while halted: {:?}", receipt);
+                        if let Some(allow) = model.expect_allow(&step) {
+                            prop_assert_eq!(receipt.decision == "ALLOW", allow, "{} -> {:?}", step, receipt);
+                        }
+                        model.entries += 1;
+                        *model.by_decision.entry(receipt.decision.clone()).or_default() += 1;
+                    }
+                    Err(refusal) => {
+                        prop_assert!(model.halted, "refused while open: {}", refusal);
+                        prop_assert!(matches!(refusal, Refusal::Halted(_)), "{}", refusal);
+                    }
+                }
             }
+            model.check(&k.state)?;
             let replayed = KernelState::replay(&k.entries).unwrap();
+            model.check(&replayed)?;
             prop_assert_eq!(&replayed, &k.state);
         }
         let mut verifier = crate::chain::ChainVerifier::new();

@@ -7,7 +7,7 @@
 //! (it proves nothing; the independent implementations tests/merkle_cross.rs
 //! compares with refuse it too).
 
-use super::{Hash, node_hash};
+use super::hash::{Hash, node_hash};
 
 /// Why a proof does not verify. Every variant means "not proven".
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -188,8 +188,9 @@ pub fn verify_consistency(
 
 #[cfg(test)]
 mod tests {
+    use super::super::compact::CompactRange;
+    use super::super::hash::leaf_hash;
     use super::super::proof::{MemoryNodes, consistency_proof, inclusion_proof};
-    use super::super::{CompactRange, leaf_hash};
     use super::*;
 
     fn flip(hash: &Hash, bit: usize) -> Hash {

@@ -8,7 +8,7 @@
 //! store can keep exactly the nodes proofs will need (see [`super::tiles`])
 //! without reading anything back.
 
-use super::{Hash, NodeId, fold_right, node_hash};
+use super::hash::{Hash, NodeId, fold_right, node_hash};
 
 /// The compact range `[0, size)` of a tree.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -96,7 +96,7 @@ impl CompactRange {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{empty_root, leaf_hash, root_of};
+    use super::super::hash::{empty_root, leaf_hash, root_of};
     use super::*;
 
     fn leaves(n: u64) -> Vec<Hash> {

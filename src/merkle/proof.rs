@@ -10,7 +10,7 @@
 //! [`super::tiles::TiledNodes`] answers from tlog-tiles, and a store may
 //! answer any other way.
 
-use super::{Hash, NodeId, fold_right, range_nodes, split_point};
+use super::hash::{Hash, NodeId, fold_right, range_nodes, split_point};
 
 /// Where proofs read the hashes of complete subtrees.
 ///
@@ -199,7 +199,7 @@ impl NodeSource for MemoryNodes {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{leaf_hash, root_of};
+    use super::super::hash::{leaf_hash, root_of};
     use super::*;
 
     /// `PATH(m, D[n])` straight from the RFC's recursive definition.

@@ -15,8 +15,9 @@
 use std::cell::Cell;
 use std::collections::BTreeMap;
 
+use super::compact::CompactRange;
+use super::hash::{HASH_SIZE, Hash, NodeId, node_hash};
 use super::proof::NodeSource;
-use super::{CompactRange, HASH_SIZE, Hash, NodeId, node_hash};
 
 /// Tree levels per tile level.
 pub const TILE_HEIGHT: u8 = 8;
@@ -262,8 +263,9 @@ impl TileSource for &MemoryTiles {
 
 #[cfg(test)]
 mod tests {
+    use super::super::check::{verify_consistency, verify_inclusion};
+    use super::super::hash::leaf_hash;
     use super::super::proof::{MemoryNodes, consistency_proof, inclusion_proof, tree_root};
-    use super::super::{leaf_hash, verify_consistency, verify_inclusion};
     use super::*;
 
     fn tree(n: u32) -> (Vec<Hash>, MemoryTiles) {

@@ -12,6 +12,7 @@ use super::objects::{ObjectError, Objects};
 use crate::bundle::{self, BundleError, BundleHeader};
 use crate::chain::{ChainVerifier, CheckedEntry, VerifyReport};
 use crate::entry::Entry;
+use crate::kernel::state::event;
 
 /// What one pass over a segment found.
 #[derive(Debug, Clone)]
@@ -79,7 +80,9 @@ pub fn scan<R: Read>(
     let header = bundle::read_bundle(&mut reader, |raw| {
         match serde_json::from_slice::<Entry>(&raw) {
             Ok(entry) => {
-                if entry.tool_name.as_deref() == Some(crate::kernel::state::event::ROTATE)
+                // The kernel's one definition of an event: an agent's
+                // request that named the tool `kernel.rotate` is not one.
+                if event::of(&entry) == Some(event::ROTATE)
                     && let Some(p) = &entry.payload
                 {
                     rotations.push((entry.ledger_seq, p.clone()));
@@ -159,4 +162,62 @@ pub async fn scan_object<S: EntrySink>(
     })
     .await
     .map_err(|e| ScanError::Handler(format!("segment scan failed: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::{BundleWriter, ExportHeader};
+    use crate::entry::{EntryBody, GENESIS_HASH};
+    use serde_json::json;
+
+    #[test]
+    fn only_kernel_rotate_events_count_as_rotations() {
+        // An agent's request that named the tool `kernel.rotate` is recorded
+        // with that tool's name; it is a decision, not an event, whatever
+        // else the entry carries.
+        let forged = json!({"segment_key": "forged"});
+        let real = json!({"segment_key": "real"});
+        let agent = EntryBody {
+            request_id: "agent-1".into(),
+            actor: "agent-001".into(),
+            intent: "rotate".into(),
+            decision: "DENY".into(),
+            state_from: "IDLE".into(),
+            state_to: "IDLE".into(),
+            tool_name: Some(event::ROTATE.into()),
+            params_hash: Some(crate::canonical::sha256_of(&forged).unwrap()),
+            payload: Some(forged),
+            ..EntryBody::default()
+        }
+        .seal(0, GENESIS_HASH);
+        let rotate = EntryBody {
+            request_id: event::ROTATE.into(),
+            actor: "SYSTEM".into(),
+            decision: "ALLOW".into(),
+            state_from: "IDLE".into(),
+            state_to: "IDLE".into(),
+            tool_name: Some(event::ROTATE.into()),
+            params_hash: Some(crate::canonical::sha256_of(&real).unwrap()),
+            payload: Some(real.clone()),
+            ..EntryBody::default()
+        }
+        .seal(1, &agent.entry_hash);
+        let header = ExportHeader {
+            kernel_id: "k",
+            variant: "strict",
+            exported_at_ms: 0,
+            from_seq: None,
+            anchor_hash: None,
+            root_hash: &rotate.entry_hash,
+        };
+        let mut writer = BundleWriter::start(Vec::new(), &header).unwrap();
+        writer.entry(&agent).unwrap();
+        writer.entry(&rotate).unwrap();
+        let bytes = writer.finish().unwrap();
+
+        let scan = scan(&bytes[..], |_| Ok(())).unwrap();
+        assert!(scan.report.valid, "{:?}", scan.report.errors);
+        assert_eq!(scan.rotations, vec![(1, real)]);
+    }
 }

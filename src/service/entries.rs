@@ -135,19 +135,13 @@ pub struct EntriesQuery {
 pub const MAX_SCANNED: u64 = 100_000;
 
 impl EntriesQuery {
-    fn matches(&self, entry: &crate::entry::Entry) -> bool {
-        self.actor
-            .as_deref()
-            .is_none_or(|a| entry.actor.as_str() == a)
-            && self
-                .tool
-                .as_deref()
-                .is_none_or(|t| entry.tool_name.as_deref() == Some(t))
-            && self.decision.as_deref().is_none_or(|d| entry.decision == d)
-            && self
-                .request_id
-                .as_deref()
-                .is_none_or(|id| entry.request_id.as_str() == id)
+    fn filter(&self) -> crate::entry::EntryFilter<'_> {
+        crate::entry::EntryFilter {
+            actor: self.actor.as_deref(),
+            tool: self.tool.as_deref(),
+            decision: self.decision.as_deref(),
+            request_id: self.request_id.as_deref(),
+        }
     }
 }
 
@@ -191,7 +185,7 @@ pub async fn entries(
                 next = len;
                 break;
             }
-            if entry.ts_ms >= from_ms && q.matches(&entry) {
+            if entry.ts_ms >= from_ms && q.filter().matches(&entry) {
                 out.push(entry);
                 if out.len() as u64 >= limit {
                     break;

@@ -249,26 +249,20 @@ fn rewrite_compacted(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The integration tests' file helpers, one definition for both.
+#[cfg(test)]
+#[allow(unreachable_pub)]
+#[path = "../../tests/support/fs.rs"]
+mod test_fs;
+
 #[cfg(test)]
 mod tests {
+    use super::test_fs::copy_dir;
     use super::*;
     use crate::entry::{Entry, GENESIS_HASH};
     use crate::store::request_records::decode_fingerprints;
     use crate::store::request_records::test_record as record;
     use crate::store::{Append, keys::prefixed, record};
-
-    /// Copies a directory tree (the crash in the middle of a swap).
-    fn copy_dir(from: &Path, to: &Path) {
-        fs::create_dir_all(to).unwrap();
-        for item in fs::read_dir(from).unwrap() {
-            let item = item.unwrap();
-            if item.file_type().unwrap().is_dir() {
-                copy_dir(&item.path(), &to.join(item.file_name()));
-            } else {
-                fs::copy(item.path(), to.join(item.file_name())).unwrap();
-            }
-        }
-    }
 
     #[test]
     fn a_format_2_store_is_migrated_and_a_second_run_changes_nothing() {

@@ -1,4 +1,6 @@
-//! File helpers shared by the tests.
+//! File helpers shared by the integration tests, the benches (through
+//! `benches/support`) and the storage migration's unit test (`src/store/migrate.rs`),
+//! each of which includes this one file.
 
 use std::path::Path;
 

@@ -15,6 +15,7 @@
 //!   of a cluster)
 //! * [`gate`] — a TCP gate that forwards to a server or hangs (a hung store)
 //! * [`webhook`] — a webhook receiver (alerts)
+//! * [`ledger`] — a durable ledger in-process, and requests submitted to it
 //! * [`fs`] — file helpers (copying a data dir)
 //! * [`datadir`] — acting on a data dir from outside (damaging stored bytes)
 //! * [`mcp`] — the MCP tests' pieces: the test venv's Python (the official
@@ -31,6 +32,7 @@ pub mod fs;
 pub mod gate;
 pub mod haproxy;
 pub mod http;
+pub mod ledger;
 pub mod mcp;
 pub mod moto;
 pub mod process;

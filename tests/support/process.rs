@@ -368,6 +368,21 @@ impl Server {
         format!("http://{}{path}", self.addr)
     }
 
+    /// The value of the metric line `name N` in `GET /metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = super::http::client()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} in {text}"))
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
