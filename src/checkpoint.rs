@@ -11,7 +11,7 @@
 use std::fmt;
 
 use crate::merkle::Hash;
-use crate::note::{KeyKind, Note, NoteError, SignerKey, VerifierKey};
+use crate::note::{KeyKind, Note, NoteError, Signature, SignerKey, VerifierKey};
 
 /// A tree head: what a checkpoint says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,6 +242,36 @@ impl SignedCheckpoint {
         }
         self.note.sign(witness, timestamp);
         Ok(())
+    }
+
+    /// Adds a witness's cosignature made elsewhere (received over the
+    /// network), after checking it against `witness` (a `cosignature/v1`
+    /// key); a cosignature that does not verify is refused and nothing
+    /// changes. Returns its timestamp.
+    pub fn add_cosignature(
+        &mut self,
+        witness: &VerifierKey,
+        signature: Signature,
+    ) -> Result<u64, CheckpointError> {
+        if witness.kind() != KeyKind::CosignatureV1 {
+            return Err(CheckpointError::BadPolicy(format!(
+                "witness key {witness} is not a cosignature/v1 key (type 0x04)"
+            )));
+        }
+        if (signature.name.as_str(), signature.key_id) != (witness.name(), witness.id()) {
+            return Err(CheckpointError::BadPolicy(format!(
+                "the cosignature is by {}+{:08x}, not by the witness key {witness}",
+                signature.name, signature.key_id
+            )));
+        }
+        let verified = witness
+            .verify(self.note.text().as_bytes(), &signature.bytes)
+            .ok_or(NoteError::BadSignature {
+                name: signature.name.clone(),
+                id: signature.key_id,
+            })?;
+        self.note.add_signature(signature)?;
+        Ok(verified.timestamp.unwrap_or_default())
     }
 
     /// Checks the log's signature by `log_key`, the origin, and the

@@ -180,6 +180,22 @@ impl Note {
         });
     }
 
+    /// Adds a signature made elsewhere (a witness's cosignature, received
+    /// over the network), replacing an earlier one by the same key. Nothing
+    /// is verified here: see [`Note::verify`].
+    pub fn add_signature(&mut self, signature: Signature) -> Result<(), NoteError> {
+        if !is_valid_name(&signature.name) {
+            return Err(NoteError::Malformed("a signature's name is not a key name"));
+        }
+        self.signatures
+            .retain(|s| (s.name.as_str(), s.key_id) != (signature.name.as_str(), signature.key_id));
+        if self.signatures.len() == MAX_SIGNATURES {
+            return Err(NoteError::Malformed("too many signatures"));
+        }
+        self.signatures.push(signature);
+        Ok(())
+    }
+
     /// Checks the signatures by the `known` keys; returns those that verified
     /// (each key once), or why the note is not accepted.
     pub fn verify(&self, known: &[VerifierKey]) -> Result<Vec<VerifiedSignature>, NoteError> {

@@ -53,6 +53,18 @@ async fn verifies_alone(client: &reqwest::Client, base: &str) {
     assert!(v["entries_verified"].as_u64().unwrap() > 3, "{v}");
 }
 
+/// The text body of an auditor's `GET url` (a checkpoint or a key).
+async fn checkpoint_text(client: &reqwest::Client, url: &str) -> String {
+    let r = client
+        .get(url)
+        .bearer_auth(support::AUDITOR)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{url}");
+    r.text().await.unwrap()
+}
+
 async fn metrics(client: &reqwest::Client, base: &str) -> String {
     client
         .get(format!("{base}/metrics"))
@@ -68,10 +80,52 @@ async fn metrics(client: &reqwest::Client, base: &str) -> String {
 async fn shared_policy_reaches_every_member_and_drift_and_refusals_are_reported() {
     let fleet = Fleet::start().await;
     let client = http::client();
+    // prod-003 signs with a configured key file, the others with the key
+    // their data dirs create.
+    fleet
+        .cli(
+            &["keygen", "--kernel-id", "prod-003", "--out", "prod-003.key"],
+            None,
+        )
+        .expect_code(0, "keygen");
+    let key_file = fleet.path().join("prod-003.key").display().to_string();
     let members: Vec<Server> = (1..=3)
-        .map(|n| fleet.member(n, "127.0.0.1:0", &[]))
+        .map(|n| {
+            let extra: &[(&str, &str)] = if n == 3 {
+                &[("KERNELS_SIGNING_KEY_FILE", &key_file)]
+            } else {
+                &[]
+            };
+            fleet.member(n, "127.0.0.1:0", extra)
+        })
         .collect();
     let bases: Vec<String> = members.iter().map(|m| m.url("")).collect();
+
+    // Each member object names the key its checkpoints verify with.
+    let s3 = fleet.s3().await;
+    for (i, base) in bases.iter().enumerate() {
+        let key = Fleet::kernel_id(i as u32 + 1);
+        let object = s3
+            .get_object()
+            .bucket(cluster::BUCKET)
+            .key(Fleet::key(&format!("members/{key}.json")))
+            .send()
+            .await
+            .unwrap();
+        let record: Value =
+            serde_json::from_slice(&object.body.collect().await.unwrap().into_bytes()).unwrap();
+        let served = checkpoint_text(&client, &format!("{base}/v1/checkpoint/key")).await;
+        assert_eq!(record["verifier_key"], served.trim(), "{key}: {record}");
+    }
+    let configured = std::fs::read_to_string(&key_file).unwrap();
+    let configured = kernels::note::SignerKey::parse(configured.trim()).unwrap();
+    assert_eq!(
+        checkpoint_text(&client, &format!("{}/v1/checkpoint/key", bases[2]))
+            .await
+            .trim(),
+        configured.verifier().to_string(),
+        "prod-003 signs with its configured key file"
+    );
 
     // Each member recorded its join with the members it saw (itself included).
     for (i, base) in bases.iter().enumerate() {
@@ -91,6 +145,13 @@ async fn shared_policy_reaches_every_member_and_drift_and_refusals_are_reported(
         report["healthy"] == true && report["one_policy"] == true,
         "{report:#}"
     );
+    // Nothing is decided meanwhile: each member's checkpoint size is the
+    // size of its signed checkpoint.
+    for (i, base) in bases.iter().enumerate() {
+        let checkpoint = checkpoint_text(&client, &format!("{base}/v1/checkpoint")).await;
+        let size: u64 = checkpoint.lines().nth(1).unwrap().parse().unwrap();
+        assert_eq!(report["members"][i]["checkpoint_size"], size, "{report:#}");
+    }
 
     // A second instance with a taken number is refused, and changes nothing.
     let dup = ServeConfig {

@@ -5,7 +5,9 @@
 //! `verify` can also check that the archive reaches the last seq the ledger
 //! recorded as archived: given with `--expect-seq`, or asked of a running
 //! service (`--service URL`, or the `listen` address of `--config`; the token
-//! comes from `KERNELS_TOKEN`).
+//! comes from `KERNELS_TOKEN`). With `--key`, every manifest's signed
+//! checkpoint is checked against the archived entries; `--expect-checkpoint`
+//! names a checkpoint the archive must reach.
 
 use std::path::PathBuf;
 
@@ -140,6 +142,16 @@ pub enum ArchiveCommand {
         /// when the service answers there.
         #[arg(long, conflicts_with = "expect_seq")]
         service: Option<String>,
+        /// The log's verifier key (or @FILE): every manifest's signed
+        /// checkpoint is checked against the archived entries, and
+        /// consecutive checkpoints for consistency.
+        #[arg(long, value_name = "VKEY")]
+        key: Option<String>,
+        /// A signed checkpoint the archive must reach (e.g. the newest
+        /// rotation's): an archive whose entries do not cover it, or give
+        /// another root, is INVALID. Needs --key.
+        #[arg(long, value_name = "FILE", requires = "key")]
+        expect_checkpoint: Option<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -215,6 +227,30 @@ async fn expected_from_service(
     }
 }
 
+/// The checkpoint checks of `archive verify`, parsed at the edge.
+fn tree_checks(
+    key: Option<&str>,
+    expected: Option<&std::path::Path>,
+) -> Result<archive::TreeChecks, CliError> {
+    let key = key
+        .map(|k| super::proofs::load_key(k, "--key"))
+        .transpose()?;
+    let expected = match expected {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                CliError::unusable(format!("--expect-checkpoint {}: {e}", path.display()))
+            })?;
+            Some(
+                crate::checkpoint::SignedCheckpoint::parse(&text).map_err(|e| {
+                    CliError::unusable(format!("--expect-checkpoint {}: {e}", path.display()))
+                })?,
+            )
+        }
+        None => None,
+    };
+    Ok(archive::TreeChecks { key, expected })
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -231,18 +267,37 @@ pub(super) fn archive(cmd: ArchiveCommand) -> CliResult {
                 location,
                 expect_seq,
                 service,
+                key,
+                expect_checkpoint,
                 json,
             } => {
+                let checks = tree_checks(key.as_deref(), expect_checkpoint.as_deref())?;
                 let r = location.resolve().await?;
                 let (expected, note) = match expect_seq {
                     Some(seq) => (Some(seq), None),
                     None => expected_from_service(&location, service).await?,
                 };
-                let mut report = match archive::verify(&r.objects, &r.prefix, &r.kernel_id).await {
+                let verified =
+                    archive::verify_with(&r.objects, &r.prefix, &r.kernel_id, &checks).await;
+                let mut report = match verified {
                     Ok(report) => report,
                     // Nothing archived at all, while the ledger says otherwise.
-                    Err(archive::ArchiveError::Empty(_)) if expected.is_some() => {
-                        archive::ArchiveReport::empty()
+                    Err(archive::ArchiveError::Empty(_))
+                        if expected.is_some() || checks.expected.is_some() =>
+                    {
+                        let mut report = archive::ArchiveReport::empty();
+                        if let Some(cp) = &checks.expected {
+                            report.errors.push(archive::ArchiveProblem {
+                                object: None,
+                                seq: Some(0),
+                                message: format!(
+                                    "the archive is empty, but the expected checkpoint covers {} entries",
+                                    cp.checkpoint.size
+                                ),
+                            });
+                            report.valid = false;
+                        }
+                        report
                     }
                     Err(e) => return Err(CliError::unusable(e.to_string())),
                 };

@@ -8,7 +8,6 @@
 //! not hold), 2 unusable input (a file that is not a key, checkpoint or
 //! proof document).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
@@ -128,43 +127,14 @@ pub(super) fn keygen(args: KeygenArgs) -> CliResult {
     }
     let key = SignerKey::generate(&origin, KeyKind::Ed25519)
         .map_err(|e| CliError::unusable(e.to_string()))?;
-    write_private_key(&args.out, &key)?;
+    crate::store::key_file::write_key(&args.out, &key)
+        .map_err(|e| CliError::unusable(e.to_string()))?;
     println!("{}", key.verifier());
     Ok(EXIT_OK)
 }
 
-/// Creates `path` with mode 0600 (failing if it exists), writes the key,
-/// and syncs the file and its directory.
-fn write_private_key(path: &Path, key: &SignerKey) -> Result<(), CliError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let fail = |e: std::io::Error| CliError::unusable(format!("{}: {e}", path.display()));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => CliError::unusable(format!(
-                "{} exists: refusing to overwrite a key file",
-                path.display()
-            )),
-            _ => fail(e),
-        })?;
-    file.write_all(format!("{}\n", key.to_private_key_text()).as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(fail)?;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(fail)?;
-    Ok(())
-}
-
 /// A verifier key given as text or `@FILE`.
-fn load_key(arg: &str, what: &str) -> Result<VerifierKey, CliError> {
+pub(super) fn load_key(arg: &str, what: &str) -> Result<VerifierKey, CliError> {
     let text = match arg.strip_prefix('@') {
         Some(path) => std::fs::read_to_string(path)
             .map_err(|e| CliError::unusable(format!("{what}: cannot read {path}: {e}")))?,

@@ -63,6 +63,10 @@ pub struct ServeArgs {
     /// Address to listen on (default 127.0.0.1:8080).
     #[arg(long)]
     pub listen: Option<String>,
+    /// Accept a checkpoint signing key other than the one the ledger
+    /// records (a deliberate key rotation; recorded in `kernel.start`).
+    #[arg(long, env = "KERNELS_ROTATE_SIGNING_KEY")]
+    pub rotate_signing_key: bool,
 }
 
 /// `kernels serve`.
@@ -72,10 +76,10 @@ pub(super) fn serve(args: ServeArgs) -> CliResult {
         .enable_all()
         .build()
         .map_err(|e| CliError::unusable(format!("cannot start the runtime: {e}")))?;
-    runtime.block_on(run(config))
+    runtime.block_on(run(config, args.rotate_signing_key))
 }
 
-async fn run(config: Config) -> CliResult {
+async fn run(config: Config, rotate_signing_key: bool) -> CliResult {
     let metrics = Arc::new(Metrics::new());
     let mut options =
         LedgerOptions::service(&config.kernel_id, config.variant, config.policy.clone());
@@ -91,6 +95,17 @@ async fn run(config: Config) -> CliResult {
     options.sled = SledOptions {
         cache_capacity: config.cache_bytes,
     };
+    // Checkpoints are signed with the configured key file, else with a key
+    // the ledger keeps in (and at first start creates in) its data dir.
+    match &config.signing.key_file {
+        Some(path) => {
+            let key = crate::store::key_file::read_key(path, &config.signing.origin)
+                .map_err(|e| CliError::unusable(format!("refusing to start: {e}")))?;
+            options.signing = Some(Arc::new(key));
+        }
+        None => options.data_dir_key_origin = Some(config.signing.origin.clone()),
+    }
+    options.rotate_signing_key = rotate_signing_key;
     if config.verify_full_on_start && config.data_dir.join("KERNELS_FORMAT").exists() {
         let dir = config.data_dir.clone();
         tokio::task::spawn_blocking(move || verify_in_child(&dir))
@@ -116,6 +131,7 @@ async fn run(config: Config) -> CliResult {
         root_hash = %status.root_hash,
         policy_version = status.policy_version,
         data_dir = %config.data_dir.display(),
+        verifier_key = %ledger.verifier_key().map(ToString::to_string).unwrap_or_default(),
         "ledger open and verified"
     );
     if config.tokens.is_empty() {
@@ -163,15 +179,10 @@ async fn run(config: Config) -> CliResult {
     // the cluster's policy, and a set halt flag halts it first.
     let cluster = match &config.cluster {
         Some(c) => {
-            let cluster = crate::cluster::join::join_configured(
-                c,
-                &config.kernel_id,
-                &config.data_dir,
-                local,
-                ledger.clone(),
-            )
-            .await
-            .map_err(|e| CliError::unusable(format!("refusing to start: {e}")))?;
+            let cluster =
+                crate::cluster::join::join_configured(c, &config.kernel_id, local, ledger.clone())
+                    .await
+                    .map_err(|e| CliError::unusable(format!("refusing to start: {e}")))?;
             cluster.start(shutdown_rx.clone());
             tracing::info!(cluster = %c.id, kernel_id = %config.kernel_id, poll_interval_ms = c.poll_interval.as_millis() as u64, "cluster member");
             Some(cluster)

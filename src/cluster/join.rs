@@ -135,13 +135,12 @@ pub async fn claim_pending(cluster: &Cluster) -> Result<(), ClusterError> {
 
 /// The join of `kernels serve`: this instance's identity from the settings
 /// (its kernel id, instance number, advertised URL — by default `http://`
-/// and the address it is bound to — and the verifier key of
-/// `<data_dir>/signing.key` once it has one), a control-plane client, then
-/// [`join`].
+/// and the address it is bound to — and the verifier key of the ledger's
+/// checkpoint signing key, configured `signing.key_file` or the data dir's),
+/// a control-plane client, then [`join`].
 pub async fn join_configured(
     config: &ClusterConfig,
     kernel_id: &str,
-    data_dir: &std::path::Path,
     bound: std::net::SocketAddr,
     ledger: Ledger,
 ) -> Result<Cluster, ClusterError> {
@@ -165,7 +164,7 @@ pub async fn join_configured(
         kernel_id: kernel_id.to_owned(),
         instance,
         advertise_url,
-        verifier_key: member::verifier_key(&data_dir.join("signing.key")),
+        verifier_key: ledger.verifier_key().map(ToString::to_string),
     };
     let timeout = config.poll_interval.clamp(
         std::time::Duration::from_secs(2),

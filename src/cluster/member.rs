@@ -31,8 +31,8 @@ pub struct MemberRecord {
     pub instance: u32,
     /// The URL it is reached at (by the CLI and the load balancer).
     pub advertise_url: String,
-    /// Its checkpoint verifier key (C2SP note format), once it signs
-    /// checkpoints; `null` until then.
+    /// Its checkpoint verifier key (C2SP note format): the key its signed
+    /// checkpoints (`GET /v1/checkpoint`) verify with.
     pub verifier_key: Option<String>,
     /// When this instance started (unix ms).
     pub started_at: u64,
@@ -145,21 +145,6 @@ pub async fn remove(plane: &ControlPlane, kernel_id: &str) -> Result<String, Con
     Ok(key)
 }
 
-/// The verifier key of the checkpoint signing key at `key_file`, when the
-/// file exists and holds one (`note::SignerKey`'s private key text); `None`
-/// otherwise. This is the member record's `verifier_key`: until the service
-/// signs checkpoints there is no key file and the field stays `null`.
-pub fn verifier_key(key_file: &std::path::Path) -> Option<String> {
-    let text = std::fs::read_to_string(key_file).ok()?;
-    match crate::note::SignerKey::parse(text.trim()) {
-        Ok(key) => Some(key.verifier().to_string()),
-        Err(e) => {
-            tracing::warn!(file = %key_file.display(), error = %e, "the signing key file does not hold a key; the member record has no verifier key");
-            None
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,19 +186,5 @@ mod tests {
             r.verifier_key.as_deref(),
             Some("kernels/prod-003+0a1b2c3d+AQ")
         );
-    }
-
-    #[test]
-    fn the_verifier_key_comes_from_a_signing_key_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("signing.key");
-        assert_eq!(verifier_key(&file), None, "no file, no key");
-        let key =
-            crate::note::SignerKey::generate("kernels/prod-002", crate::note::KeyKind::Ed25519)
-                .unwrap();
-        std::fs::write(&file, format!("{}\n", key.to_private_key_text())).unwrap();
-        assert_eq!(verifier_key(&file), Some(key.verifier().to_string()));
-        std::fs::write(&file, "not a key").unwrap();
-        assert_eq!(verifier_key(&file), None);
     }
 }

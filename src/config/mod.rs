@@ -27,7 +27,7 @@ use error::err;
 pub use mcp::{McpConfig, McpServer};
 pub use raw::{
     RawConfig, RawKernel, RawLimits, RawMcp, RawMcpServer, RawObjectLock, RawPermits, RawRotation,
-    RawStorage, RawToken, read_raw,
+    RawSigning, RawStorage, RawToken, read_raw,
 };
 
 use crate::kernel::permit::{Keyring, keyring_from_hex};
@@ -122,6 +122,16 @@ pub struct RotationConfig {
     pub attempt_timeout: Duration,
 }
 
+/// Checkpoint signing settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SigningConfig {
+    /// The private key file; `None`: `<data_dir>/signing.key`, created at
+    /// first start.
+    pub key_file: Option<PathBuf>,
+    /// The log's origin (the key's name).
+    pub origin: String,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -170,6 +180,8 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     /// The MCP servers fronted at `/mcp/{name}`.
     pub mcp: McpConfig,
+    /// Checkpoint signing.
+    pub signing: SigningConfig,
 }
 
 /// Values from the command line (they override everything).
@@ -503,6 +515,23 @@ impl Config {
             crate::alerts::AlertsConfig::from_raw(raw.alerts, env, parse_duration).map_err(err)?;
         let mcp = McpConfig::from_raw(raw.mcp.unwrap_or_default(), env)?;
 
+        let signing = raw.signing.unwrap_or_default();
+        let origin = env("KERNELS_SIGNING_ORIGIN")
+            .or(signing.origin)
+            .unwrap_or_else(|| format!("kernels/{kernel_id}"));
+        if !crate::note::keys::is_valid_name(&origin) || origin == "cosignature/v1" {
+            return Err(err(format!(
+                "signing.origin {origin:?} cannot name a key (no spaces, '+' or control characters)"
+            )));
+        }
+        let signing = SigningConfig {
+            key_file: env("KERNELS_SIGNING_KEY_FILE")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .or(signing.key_file),
+            origin,
+        };
+
         Ok(Config {
             kernel_id,
             variant,
@@ -529,6 +558,7 @@ impl Config {
             alerts,
             cluster,
             mcp,
+            signing,
         })
     }
 }

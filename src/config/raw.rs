@@ -41,6 +41,19 @@ pub struct RawConfig {
     pub cluster: Option<super::cluster::RawCluster>,
     /// `mcp:` (ours): MCP servers fronted at `/mcp/{name}`.
     pub mcp: Option<RawMcp>,
+    /// `signing:`: the key that signs checkpoints, and the log's origin.
+    pub signing: Option<RawSigning>,
+}
+
+/// `signing:` section.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSigning {
+    /// The private key file (`kernels keygen`); default: `<data_dir>/signing.key`,
+    /// created at first start.
+    pub key_file: Option<PathBuf>,
+    /// The log's origin, which names the key (default `kernels/<kernel id>`).
+    pub origin: Option<String>,
 }
 
 /// `kernel:` section.

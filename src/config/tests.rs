@@ -156,3 +156,31 @@ fn every_duration_key_refuses_zero_and_overflow_naming_the_key() {
     .unwrap_err();
     assert!(e.to_string().contains("limits.max_connections"), "{e}");
 }
+
+#[test]
+fn signing_defaults_to_the_kernel_origin_and_env_overrides_the_file() {
+    let raw: RawConfig = serde_norway::from_str("kernel:\n  id: prod-001\n").unwrap();
+    let cfg = Config::from_raw(raw, &Overrides::default(), &env_of(&[])).unwrap();
+    assert_eq!(
+        cfg.signing,
+        SigningConfig {
+            key_file: None,
+            origin: "kernels/prod-001".into()
+        }
+    );
+    let raw: RawConfig = serde_norway::from_str(
+        "signing:\n  key_file: /etc/kernels/file.key\n  origin: example.com/log\n",
+    )
+    .unwrap();
+    let env = env_of(&[("KERNELS_SIGNING_KEY_FILE", "/run/secrets/env.key")]);
+    let cfg = Config::from_raw(raw, &Overrides::default(), &env).unwrap();
+    assert_eq!(
+        cfg.signing.key_file.as_deref(),
+        Some(std::path::Path::new("/run/secrets/env.key"))
+    );
+    assert_eq!(cfg.signing.origin, "example.com/log");
+    let raw: RawConfig = serde_norway::from_str("signing:\n  origin: a+b\n").unwrap();
+    let e = Config::from_raw(raw, &Overrides::default(), &env_of(&[])).unwrap_err();
+    assert!(e.to_string().contains("signing.origin"), "{e}");
+    assert!(serde_norway::from_str::<RawConfig>("signing:\n  keyfile: x\n").is_err());
+}

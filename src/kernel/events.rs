@@ -100,7 +100,9 @@ fn require_reason(reason: &str) -> Result<(), EventError> {
 }
 
 impl KernelState {
-    /// `kernel.create`: the first entry of a ledger.
+    /// `kernel.create`: the first entry of a ledger. `signing_key` is the
+    /// verifier key of the key that signs its checkpoints, when there is one
+    /// (recorded, so that an auditor finds it in the chain).
     pub fn create_event(
         &self,
         now_ms: u64,
@@ -108,6 +110,7 @@ impl KernelState {
         kernel_id: &str,
         variant: Variant,
         policy: &Policy,
+        signing_key: Option<&str>,
     ) -> Result<EntryBody, EventError> {
         if let Some(id) = &self.kernel_id {
             return Err(EventError::AlreadyCreated(id.clone()));
@@ -115,12 +118,15 @@ impl KernelState {
         if kernel_id.trim().is_empty() {
             return Err(EventError::Empty("kernel id"));
         }
-        let payload = json!({
+        let mut payload = json!({
             "kernel_id": kernel_id,
             "variant": variant.as_str(),
             "policy": policy.to_json(),
             "source": POLICY_FROM_CONFIG,
         });
+        if let Some(key) = signing_key {
+            payload["signing_key"] = json!(key);
+        }
         event_body(
             self,
             now_ms,
@@ -132,18 +138,28 @@ impl KernelState {
         )
     }
 
-    /// `kernel.start`: the service started on this ledger.
+    /// `kernel.start`: the service started on this ledger. `signing_key` is
+    /// the verifier key of the key that signs its checkpoints from now on,
+    /// and `previous_key` the one it replaces, when the operator rotated it.
     pub fn start_event(
         &self,
         now_ms: u64,
         software_version: &str,
+        signing_key: Option<&str>,
+        previous_key: Option<&str>,
     ) -> Result<EntryBody, EventError> {
         require_initialised(self)?;
-        let payload = json!({
+        let mut payload = json!({
             "software_version": software_version,
             "start": self.starts + 1,
             "state": self.state.as_str(),
         });
+        if let Some(key) = signing_key {
+            payload["signing_key"] = json!(key);
+        }
+        if let Some(key) = previous_key {
+            payload["previous_signing_key"] = json!(key);
+        }
         event_body(
             self,
             now_ms,

@@ -135,7 +135,7 @@ impl MemoryKernel {
         let mut k = MemoryKernel::default();
         let body = k
             .state
-            .create_event(now_ms, "SYSTEM", kernel_id, variant, policy)?;
+            .create_event(now_ms, "SYSTEM", kernel_id, variant, policy, None)?;
         k.record(body);
         Ok(k)
     }

@@ -4,11 +4,12 @@
 //! Deciding threads only queue their entry (and a waiter) in the `queue`,
 //! inside the core lock. The flusher takes only the queue's lock (never the
 //! core's, which deciders contend for): it swaps the whole pending batch out,
-//! indexes its request records, hands it to the store in one atomic append
-//! (entries, request records, and with a checkpoint the state and the
-//! request-id fingerprints not stored yet), and commits (the store's commit
-//! point: write + fdatasync of the write-ahead log); then it wakes every
-//! waiter of the batch and notes the head beside the store. While it writes, the next batch fills, so a busy
+//! indexes its request records and adds its entries to the Merkle tree,
+//! hands it to the store in one atomic append (entries, request records,
+//! the tree's tiles, and with a checkpoint the state and the request-id
+//! fingerprints not stored yet), and commits (the store's commit
+//! point: write + fdatasync of the write-ahead log); then it publishes the
+//! tree head, wakes every waiter of the batch and notes the head beside the store. While it writes, the next batch fills, so a busy
 //! kernel makes few, large commits. When the last batch was not small, the
 //! flusher also lingers [`COMMIT_LINGER`] before it takes the next one:
 //! every commit costs the machine a `write` + `fdatasync` (about 100 µs of
@@ -70,6 +71,7 @@ pub(crate) fn run(inner: Arc<Inner>) {
             requests,
             checkpoint,
             side: carried,
+            meta,
             waiters,
         } = batch;
         if let Some(reason) = inner
@@ -89,15 +91,26 @@ pub(crate) fn run(inner: Arc<Inner>) {
             inner
                 .requests
                 .side_records(&requests, end, checkpoint.is_some());
+        // The tree's tiles go into the same append as the entries they cover.
+        let tiles = match inner.tree.stage(&entries) {
+            Ok(tiles) => tiles,
+            Err(e) => {
+                let reason = format!("commit failed: the Merkle tree: {e}");
+                inner.poison(reason.clone());
+                fail(waiters, &reason);
+                continue;
+            }
+        };
         // Carried records first: a later value for the same key wins.
         let mut all_side = carried;
         all_side.extend(side);
+        all_side.extend(tiles);
+        let mut all_meta = meta;
+        all_meta.extend(checkpoint.map(|cp| (meta::CHECKPOINT, cp)));
         let append = Append {
             entries: &entries,
             side: all_side,
-            meta: checkpoint
-                .map(|cp| vec![(meta::CHECKPOINT, cp)])
-                .unwrap_or_default(),
+            meta: all_meta,
         };
         let result = inner.store.append(append).and_then(|()| {
             if let Some(to) = fingerprints_to {
@@ -117,6 +130,9 @@ pub(crate) fn run(inner: Arc<Inner>) {
             .observe(started.elapsed().as_secs_f64());
         match result {
             Ok(()) => {
+                // The head checkpoints sign covers the batch before anyone
+                // of it hears of its entry.
+                inner.tree.publish();
                 if let Some(last) = entries.last() {
                     inner
                         .durable_len

@@ -18,6 +18,8 @@ use tokio::sync::oneshot;
 use super::clock::Clock;
 use super::error::LedgerError;
 use super::requests::{Requests, Unappended};
+use super::signing::Signing;
+use super::tree::DurableTree;
 use crate::entry::Entry;
 use crate::kernel::KernelState;
 use crate::kernel::permit::Keyring;
@@ -37,6 +39,9 @@ pub(crate) struct Pending {
     /// Side records to store with the next entries (e.g. what opening
     /// found stale); never a reason to commit on their own.
     pub(crate) side: Vec<SideRecord>,
+    /// Metadata values to store with the next commit (the signed tree
+    /// head); they come with a waiter.
+    pub(crate) meta: Vec<(&'static str, Vec<u8>)>,
     pub(crate) waiters: Vec<Waiter>,
 }
 
@@ -75,6 +80,17 @@ impl Queue {
         self.pending.waiters.push(waiter);
         wake
     }
+
+    /// Adds a metadata value to the next commit and a waiter for it (a
+    /// later value for the same key in the same batch replaces the earlier).
+    /// Returns whether the flusher must be woken.
+    pub(crate) fn push_meta(&mut self, key: &'static str, value: Vec<u8>, waiter: Waiter) -> bool {
+        let wake = self.pending.is_empty();
+        self.pending.meta.retain(|(k, _)| *k != key);
+        self.pending.meta.push((key, value));
+        self.pending.waiters.push(waiter);
+        wake
+    }
 }
 
 /// What the core lock guards.
@@ -98,6 +114,10 @@ pub(crate) struct Inner {
     pub(crate) work: Condvar,
     /// The request index (its own lock, after core's).
     pub(crate) requests: Requests,
+    /// The Merkle tree: the flusher's writer and the published head.
+    pub(crate) tree: DurableTree,
+    /// Who signs checkpoints, and what was signed (when a key is configured).
+    pub(crate) signing: Option<Signing>,
     /// Entries handed to the store (appended, maybe not yet durable).
     pub(crate) appended_len: AtomicU64,
     pub(crate) durable_len: AtomicU64,

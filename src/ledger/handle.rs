@@ -45,6 +45,11 @@ impl std::fmt::Debug for Ledger {
 pub struct Durable(Option<oneshot::Receiver<Result<(), String>>>);
 
 impl Durable {
+    /// The wait for a waiter queued with the flusher.
+    pub(crate) fn from_receiver(rx: oneshot::Receiver<Result<(), String>>) -> Durable {
+        Durable(Some(rx))
+    }
+
     /// Waits until the entry is on stable storage.
     pub async fn wait(self) -> Result<(), LedgerError> {
         match self.0 {

@@ -18,7 +18,10 @@
 //! * `requests` and `request_index` — finding a request id's decision
 //! * `checkpoint` — when the state is stored, and what a stored one holds
 //! * `traces` — the check that a store did not come back shorter
+//! * `tree` — the Merkle tree kept with the entries: its head, proofs
+//! * `signing` — signed checkpoints, never two inconsistent ones
 //! * `verify` — verification of a stored chain, and of a data dir
+//! * `tree_check` — verification of the stored tree against the entries
 //! * `status`, `clock`, `error` — what the ledger reports, its time, its errors
 
 mod checkpoint;
@@ -31,8 +34,11 @@ pub mod open;
 pub mod outcome;
 mod request_index;
 mod requests;
+mod signing;
 mod status;
 mod traces;
+mod tree;
+mod tree_check;
 mod verify;
 
 pub use checkpoint::{CHECKPOINT_VERSION, Checkpoint};
@@ -40,5 +46,7 @@ pub use clock::{Clock, SystemClock};
 pub use error::LedgerError;
 pub use handle::{Durable, Ledger};
 pub use open::{LedgerOptions, Storage};
+pub use signing::{CACHED as CACHED_CHECKPOINTS, SignedHead};
 pub use status::{LedgerStatus, replay_summary};
 pub use traces::KnownHead;
+pub use tree::{TreeError, TreeHead};

@@ -2,13 +2,18 @@
 //!
 //! In order: for a data dir, lock it and check its format (upgrading an
 //! older one), and open sled; check the store against every trace of a
-//! longer ledger ([`super::traces`]); verify the stored chain (every entry
-//! by default — one SHA-256 per entry over its stored preimage, in parallel
-//! — or only from the last checkpoint); rebuild the state from the last
-//! valid checkpoint plus the entries after it, and the request index. Any
-//! broken entry stops the open with its seq: the service refuses to start.
-//! Then, for a service: the first start writes `kernel.create`, later starts
-//! write `kernel.start`, and a changed policy file is recorded as a
+//! longer ledger ([`super::traces`], the signed tree heads included);
+//! verify the stored chain and the Merkle tree's tiles (every entry by
+//! default — one SHA-256 per entry over its stored preimage, and its leaf,
+//! in parallel — or only from the last checkpoint); rebuild the state from
+//! the last valid checkpoint plus the entries after it, the request index,
+//! and the tree's compact range from its tiles; check that the tree has the
+//! root the service signed at the largest signed size
+//! ([`super::signing`]), and that the configured signing key is the one
+//! the ledger records. Any broken entry stops the open with its seq: the
+//! service refuses to start. Then, for a service: the first start writes
+//! `kernel.create`, later starts write `kernel.start` (both naming the
+//! signing key), and a changed policy file is recorded as a
 //! `kernel.policy_update` by SYSTEM.
 
 use std::path::{Path, PathBuf};
@@ -22,11 +27,14 @@ use super::core::{Core, Inner, Queue};
 use super::error::LedgerError;
 use super::handle::Ledger;
 use super::requests::Requests;
+use super::signing::{self, SignedHead, Signing};
 use super::traces::{self, KnownHead};
+use super::tree::{DurableTree, TreeHead};
 use crate::entry::{EntryBody, GENESIS_HASH};
 use crate::kernel::permit::Keyring;
 use crate::kernel::{EventError, KernelState, Policy, Variant};
 use crate::metrics::Metrics;
+use crate::note::SignerKey;
 use crate::store::datadir::DataDir;
 use crate::store::memory::MemoryStore;
 use crate::store::sled_store::{SledOptions, SledStore};
@@ -74,9 +82,19 @@ pub struct LedgerOptions {
     /// Verification on open.
     pub verify: VerifyOnOpen,
     /// Heads the ledger is known to have reached, besides the traces kept
-    /// beside the store (the hook for the newest archived manifest and a
-    /// signed checkpoint): a store shorter than one is refused.
+    /// beside the store and the signed tree heads it records (the hook for
+    /// e.g. the newest archived manifest): a store shorter than one is refused.
     pub known_heads: Vec<KnownHead>,
+    /// The key that signs the ledger's checkpoints (none: no checkpoints,
+    /// unless `data_dir_key_origin` is set).
+    pub signing: Option<Arc<SignerKey>>,
+    /// With no `signing` key and a data dir: sign with the key in
+    /// `<data_dir>/signing.key`, named this origin, created at first start
+    /// ([`crate::store::key_file::data_dir_key`]).
+    pub data_dir_key_origin: Option<String>,
+    /// Accept a signing key other than the one the ledger records (an
+    /// operator's deliberate rotation; recorded in `kernel.start`).
+    pub rotate_signing_key: bool,
 }
 
 impl LedgerOptions {
@@ -97,6 +115,9 @@ impl LedgerOptions {
             software_version: env!("CARGO_PKG_VERSION").into(),
             verify: VerifyOnOpen::Full,
             known_heads: Vec::new(),
+            signing: None,
+            data_dir_key_origin: None,
+            rotate_signing_key: false,
         }
     }
 
@@ -161,12 +182,72 @@ fn corrupt(seq: u64, message: impl Into<String>) -> LedgerError {
     }
 }
 
+/// A store's corruption as the ledger's (the service refuses to start).
+fn corrupt_store(e: StoreError) -> LedgerError {
+    match e {
+        StoreError::Corrupt { seq, message } => corrupt(seq, message),
+        other => LedgerError::Store(other),
+    }
+}
+
+/// The ledger's signing, from the configured key, and the key it replaces
+/// when the operator rotated it. The ledger records the verifier key of
+/// its signing key: another key is refused unless the rotation is explicit
+/// (verifiers pin the key; a new key is a new identity for them).
+fn signing_of(
+    store: &dyn LedgerStore,
+    options: &LedgerOptions,
+    signed_heads: &[SignedHead],
+    what: &str,
+) -> Result<(Option<Signing>, Option<String>), LedgerError> {
+    let Some(key) = &options.signing else {
+        return Ok((None, None));
+    };
+    let verifier = key.verifier().to_string();
+    let recorded = store
+        .meta(meta::SIGNING_KEY)?
+        .map(|v| String::from_utf8_lossy(&v).into_owned());
+    let changed = recorded.filter(|r| *r != verifier);
+    if let Some(old) = &changed
+        && !options.rotate_signing_key
+    {
+        return Err(LedgerError::Mismatch(format!(
+            "{what} signs its checkpoints with {old}, but the configured signing key is {verifier}: a new key is a new identity for every verifier that pinned the old one. Configure the old key again, or, to rotate deliberately, start once with --rotate-signing-key (recorded in kernel.start)"
+        )));
+    }
+    // The largest head signed so far (by any key): a restart never signs
+    // a tree that does not extend it.
+    let persisted = signed_heads
+        .iter()
+        .max_by_key(|h| h.size)
+        .map(|h| TreeHead {
+            size: h.size,
+            root: h.root,
+        });
+    Ok((Some(Signing::new(key.clone(), persisted)), changed))
+}
+
+/// The signing key kept in the data dir (created, and its verifier key
+/// logged, at first start).
+fn data_dir_signing_key(dir: &Path, origin: &str) -> Result<SignerKey, LedgerError> {
+    let (key, created) = crate::store::key_file::data_dir_key(dir, origin)
+        .map_err(|e| LedgerError::Mismatch(e.to_string()))?;
+    if created {
+        tracing::warn!(
+            verifier_key = %key.verifier(),
+            file = %dir.join(crate::store::key_file::DATA_DIR_KEY).display(),
+            "created a checkpoint signing key in the data dir (in production, keep the key in a separate file: signing.key_file)"
+        );
+    }
+    Ok(key)
+}
+
 impl Ledger {
     /// Opens the ledger in `storage` — a data dir path or a store (see the
     /// module doc for the steps).
     pub fn open(
         storage: impl Into<Storage>,
-        options: LedgerOptions,
+        mut options: LedgerOptions,
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> Result<Ledger, LedgerError> {
@@ -174,6 +255,11 @@ impl Ledger {
             match storage.into() {
                 Storage::Dir(path) => {
                     let datadir = DataDir::open(&path, options.create)?;
+                    if options.signing.is_none()
+                        && let Some(origin) = &options.data_dir_key_origin
+                    {
+                        options.signing = Some(Arc::new(data_dir_signing_key(&path, origin)?));
+                    }
                     let store = SledStore::open(&datadir.ledger_path(), &options.sled)?;
                     (
                         Arc::new(store),
@@ -191,6 +277,8 @@ impl Ledger {
             None => Vec::new(),
         };
         heads.extend(super::verify::checkpoint_head(store.as_ref())?);
+        let signed_heads = signing::recorded_heads(store.as_ref(), datadir.as_ref())?;
+        heads.extend(signed_heads.iter().map(|h| h.trace("a signed checkpoint")));
         heads.extend(options.known_heads.iter().cloned());
         if let Some(first) = traces::check(store.as_ref(), len, &heads)?
             .into_iter()
@@ -255,6 +343,12 @@ impl Ledger {
         }
 
         let (requests, stale) = Requests::load(store.as_ref(), len)?;
+        let tree = DurableTree::open(store.as_ref(), len).map_err(corrupt_store)?;
+        signing::check_signed_head(&signed_heads, |size| {
+            signing::stored_root(store.as_ref(), size)
+        })
+        .map_err(|message| corrupt(len.saturating_sub(1), message))?;
+        let (signer, key_change) = signing_of(store.as_ref(), &options, &signed_heads, &what)?;
         let core = Core {
             last_checkpoint_len: from,
             state,
@@ -270,6 +364,8 @@ impl Ledger {
                 queue: Mutex::new(queue),
                 work: Condvar::new(),
                 requests,
+                tree,
+                signing: signer,
                 appended_len: AtomicU64::new(len),
                 durable_len: AtomicU64::new(len),
                 durable_head_file_len: AtomicU64::new(0),
@@ -295,15 +391,17 @@ impl Ledger {
                 .policy
                 .clone()
                 .unwrap_or_else(|| Policy::default_for(variant));
-            let meta = vec![
+            let mut meta = vec![
                 (
                     meta::FORMAT,
                     crate::STORAGE_FORMAT_VERSION.to_string().into_bytes(),
                 ),
                 (meta::KERNEL_ID, id.as_bytes().to_vec()),
             ];
+            let key = ledger.verifier_key().map(|k| k.to_string());
+            meta.extend(key.clone().map(|k| (meta::SIGNING_KEY, k.into_bytes())));
             ledger.record_now(meta, |state, now| {
-                state.create_event(now, "SYSTEM", id, variant, &policy)
+                state.create_event(now, "SYSTEM", id, variant, &policy, key.as_deref())
             })?;
         } else {
             let state = ledger.state();
@@ -316,7 +414,15 @@ impl Ledger {
             }
             if options.record_start {
                 let version = options.software_version.clone();
-                ledger.record_now(Vec::new(), |state, now| state.start_event(now, &version))?;
+                let key = ledger.verifier_key().map(|k| k.to_string());
+                let meta: Vec<_> = key
+                    .clone()
+                    .map(|k| (meta::SIGNING_KEY, k.into_bytes()))
+                    .into_iter()
+                    .collect();
+                ledger.record_now(meta, |state, now| {
+                    state.start_event(now, &version, key.as_deref(), key_change.as_deref())
+                })?;
             }
             // The configured policy applies when it differs from the one last
             // taken from the configuration — not from the active policy, which
@@ -388,6 +494,12 @@ impl Ledger {
         let (side, fingerprints_to) = self.inner.requests.side_records(&[], Some(end), true);
         let mut all_side = carried;
         all_side.extend(side);
+        all_side.extend(
+            self.inner
+                .tree
+                .stage(std::slice::from_ref(&entry))
+                .map_err(|e| corrupt(entry.ledger_seq, e))?,
+        );
         let mut meta = meta;
         meta.push((crate::store::meta::CHECKPOINT, cp));
         self.inner.store.append(Append {
@@ -399,6 +511,7 @@ impl Ledger {
             self.inner.requests.stored_through(to);
         }
         self.inner.store.commit()?;
+        self.inner.tree.publish();
         if let Some(dir) = &self.inner.datadir {
             dir.note_commit(end, &entry.entry_hash)?;
         }

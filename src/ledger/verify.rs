@@ -1,7 +1,9 @@
 //! Verification of a stored chain: every entry re-hashed from its stored
-//! preimage and linked, in parallel over sub-ranges, every problem reported
-//! (unlike opening, which stops at the first) — and, for a data dir, the
-//! traces of a longer ledger ([`super::traces`]), so that `kernels verify
+//! preimage and linked, and the stored Merkle tree checked against the
+//! entries ([`super::tree_check`]), in parallel over sub-ranges, every
+//! problem reported (unlike opening, which stops at the first) — and, for a
+//! data dir, the traces of a longer ledger ([`super::traces`]) and the
+//! signed tree heads ([`super::signing`]), so that `kernels verify
 //! --data-dir` and `serve` agree.
 
 use crate::chain::{ChainError, VerifyReport};
@@ -13,7 +15,10 @@ use crate::store::{LedgerStore, StoreError};
 
 use super::checkpoint;
 use super::error::LedgerError;
+use super::signing;
 use super::traces::{self, KnownHead};
+use super::tree_check::{LeafCheck, check_upper_levels};
+use crate::merkle::tiles::TILE_WIDTH;
 
 /// Collects errors of a stored-chain check into a report.
 pub(crate) fn report(entries: u64, root: String, errors: Vec<ChainError>) -> VerifyReport {
@@ -34,7 +39,20 @@ pub fn verify_data_dir(path: &std::path::Path) -> Result<VerifyReport, LedgerErr
     let mut report = verify_store(&store, 0, len, GENESIS_HASH);
     let mut heads = traces::of_data_dir(&datadir)?;
     heads.extend(checkpoint_head(&store)?);
+    let signed = signing::recorded_heads(&store, Some(&datadir))?;
+    heads.extend(signed.iter().map(|h| h.trace("a signed checkpoint")));
     let mut problems = traces::check(&store, len, &heads)?;
+    // The tree at each signed size (that the store holds) has the signed root.
+    let held: Vec<_> = signed.into_iter().filter(|h| h.size <= len).collect();
+    if report.valid
+        && let Err(message) =
+            signing::check_signed_head(&held, |size| signing::stored_root(&store, size))
+    {
+        problems.push(ChainError {
+            index: Some(len.saturating_sub(1)),
+            message,
+        });
+    }
     if !problems.is_empty() {
         problems.append(&mut report.errors);
         report.errors = problems;
@@ -54,7 +72,9 @@ pub(crate) fn checkpoint_head(store: &dyn LedgerStore) -> Result<Option<KnownHea
 
 /// Verifies stored entries `from..to`, whose first must link to `anchor`:
 /// every entry's hash recomputed from its stored preimage, every link, every
-/// seq, every payload. Runs in parallel over sub-ranges; reports every error.
+/// seq, every payload, and the stored Merkle tree over them (every leaf from
+/// `from`, every stored node above). Runs in parallel over sub-ranges
+/// (aligned to blocks of 256 leaves); reports every error.
 pub fn verify_store<S: LedgerStore + ?Sized>(
     store: &S,
     from: u64,
@@ -67,9 +87,17 @@ pub fn verify_store<S: LedgerStore + ?Sized>(
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 8) as u64;
+    let width = TILE_WIDTH as u64;
     let span = (to - from).div_ceil(threads).max(1);
+    // Boundaries on whole blocks of leaves, so each block's node is checked.
+    let cut = |i: u64| (from + i * span).next_multiple_of(width).clamp(from, to);
     let ranges: Vec<(u64, u64)> = (0..threads)
-        .map(|i| (from + i * span, (from + (i + 1) * span).min(to)))
+        .map(|i| {
+            (
+                if i == 0 { from } else { cut(i) },
+                if i + 1 == threads { to } else { cut(i + 1) },
+            )
+        })
         .filter(|(a, b)| a < b)
         .collect();
     let results: Vec<RangeCheck> = std::thread::scope(|scope| {
@@ -99,12 +127,14 @@ pub fn verify_store<S: LedgerStore + ?Sized>(
             });
         }
         errors.extend(check.errors);
+        errors.extend(check.tree_errors);
         count += check.count;
         if let Some(last) = check.last_hash {
             expected_prev = hex::encode(last);
             root = expected_prev.clone();
         }
     }
+    errors.extend(check_upper_levels(store, to));
     report(count, root, errors)
 }
 
@@ -113,6 +143,7 @@ struct RangeCheck {
     last_hash: Option<[u8; 32]>,
     count: u64,
     errors: Vec<ChainError>,
+    tree_errors: Vec<ChainError>,
 }
 
 impl RangeCheck {
@@ -125,6 +156,7 @@ impl RangeCheck {
                 index: None,
                 message: "verification thread failed".into(),
             }],
+            tree_errors: Vec::new(),
         }
     }
 }
@@ -135,7 +167,9 @@ fn check_range<S: LedgerStore + ?Sized>(store: &S, from: u64, to: u64) -> RangeC
         last_hash: None,
         count: 0,
         errors: Vec::new(),
+        tree_errors: Vec::new(),
     };
+    let mut tree = LeafCheck::new(store, from, to);
     let mut expected_seq = from;
     let mut prev: Option<[u8; 32]> = None;
     let err = |seq: u64, message: String| ChainError {
@@ -194,6 +228,7 @@ fn check_range<S: LedgerStore + ?Sized>(store: &S, from: u64, to: u64) -> RangeC
                     out.errors
                         .push(err(key_seq, "hashed fields are not UTF-8".into()));
                 }
+                tree.push(key_seq, parts.entry_hash);
                 prev = Some(*parts.entry_hash);
                 out.last_hash = Some(*parts.entry_hash);
             }
@@ -206,5 +241,6 @@ fn check_range<S: LedgerStore + ?Sized>(store: &S, from: u64, to: u64) -> RangeC
             format!("entries {expected_seq}..{to} are missing"),
         ));
     }
+    out.tree_errors = tree.finish();
     out
 }

@@ -307,6 +307,14 @@ impl SignerKey {
         Ok(key)
     }
 
+    /// The key of the same seed and name with another signature type: a
+    /// log's instance key as a `cosignature/v1` witness key. The two never
+    /// sign the same message: a checkpoint's first line is its origin, a
+    /// cosigned message's is `cosignature/v1` (an origin it may not have).
+    pub fn with_kind(&self, kind: KeyKind) -> SignerKey {
+        SignerKey::from_seed(&self.name, kind, self.seed).expect("the name and seed are valid")
+    }
+
     /// The private key text (`PRIVATE+KEY+…`): the secret, for the key file only.
     pub fn to_private_key_text(&self) -> String {
         let mut key = vec![self.kind.type_byte()];

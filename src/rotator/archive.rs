@@ -7,7 +7,9 @@
 //! SHA-256), each segment against its manifest (SHA-256, size, count, anchor,
 //! root) and every entry hash in it, and that every manifest is recorded by
 //! a `kernel.rotate` entry of a later segment (and every recorded manifest
-//! exists). It reports every problem with the object it concerns.
+//! exists). It reports every problem with the object it concerns. With the
+//! log's verifier key it also checks every manifest's signed checkpoint
+//! against the archived entries ([`super::archive_tree`]).
 //!
 //! The newest manifest is recorded only by the ledger (its `kernel.rotate`
 //! entry goes into the next segment), so an archive whose newest objects
@@ -19,6 +21,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::archive_tree::ArchiveTree;
+pub use super::archive_tree::TreeChecks;
 use super::manifest::{Manifest, kernel_prefix, range_of_key};
 use super::objects::{ObjectError, Objects};
 use super::segment;
@@ -95,11 +99,23 @@ fn problem(object: &str, seq: Option<u64>, message: impl Into<String>) -> Archiv
     }
 }
 
-/// Verifies the archive of `kernel_id` under `prefix`.
+/// Verifies the archive of `kernel_id` under `prefix` (without checkpoints).
 pub async fn verify(
     objects: &Objects,
     prefix: &str,
     kernel_id: &str,
+) -> Result<ArchiveReport, ArchiveError> {
+    verify_with(objects, prefix, kernel_id, &TreeChecks::default()).await
+}
+
+/// Verifies the archive of `kernel_id` under `prefix`, and with a key every
+/// manifest's signed checkpoint against the archived entries
+/// ([`super::archive_tree`]).
+pub async fn verify_with(
+    objects: &Objects,
+    prefix: &str,
+    kernel_id: &str,
+    checks: &TreeChecks,
 ) -> Result<ArchiveReport, ArchiveError> {
     let base = kernel_prefix(prefix, kernel_id);
     let listing = objects.list(&base).await?;
@@ -126,6 +142,8 @@ pub async fn verify(
     let mut recorded: BTreeMap<String, (u64, Value)> = BTreeMap::new();
     let mut manifest_shas: Vec<(String, String, Value)> = Vec::new();
     let mut used_segments = Vec::new();
+    let mut tree = ArchiveTree::new(checks.key.is_some());
+    let mut unchecked_checkpoints = false;
 
     for object in &manifests {
         report.manifests += 1;
@@ -221,11 +239,12 @@ pub async fn verify(
         } else {
             used_segments.push(seg.clone());
             report.segments += 1;
-            match segment::scan_object(objects, &seg, segment::Ignore).await {
+            match segment::scan_object(objects, &seg, std::mem::take(&mut tree)).await {
                 Err(e) => report
                     .errors
                     .push(problem(&seg, None, format!("unreadable: {e}"))),
-                Ok((scan, _)) => {
+                Ok((scan, back)) => {
+                    tree = back;
                     report.entries_verified += scan.report.entries_verified;
                     if scan.sha256 != manifest.segment_sha256
                         || scan.bytes != manifest.segment_bytes
@@ -280,6 +299,15 @@ pub async fn verify(
                 }
             }
         }
+        match &checks.key {
+            Some(log_key) => report.errors.extend(tree.check_manifest(
+                key,
+                manifest.to_seq,
+                manifest.checkpoint.as_deref(),
+                log_key,
+            )),
+            None => unchecked_checkpoints |= manifest.checkpoint.is_some(),
+        }
         manifest_shas.push((key.clone(), sha.clone(), manifest.to_value()));
         expected_from = manifest.to_seq.saturating_add(1);
         expected_anchor = manifest.root_hash.clone();
@@ -324,6 +352,27 @@ pub async fn verify(
                 "{seg}: segment without a manifest (an interrupted upload; not part of the archive)"
             ));
         }
+    }
+    if checks.key.is_some() {
+        report
+            .errors
+            .extend(tree.finish(manifests.last().map(|o| o.key.as_str())));
+    }
+    if let (Some(log_key), Some(expected)) = (&checks.key, &checks.expected) {
+        match tree.check_expected(expected, log_key) {
+            Ok(problem) => report.errors.extend(problem),
+            Err(message) => report.errors.push(ArchiveProblem {
+                object: None,
+                seq: None,
+                message,
+            }),
+        }
+    }
+    if unchecked_checkpoints {
+        report.warnings.push(
+            "the manifests' signed checkpoints were not checked: give --key (the log's verifier key)"
+                .into(),
+        );
     }
     report.valid = report.errors.is_empty();
     Ok(report)

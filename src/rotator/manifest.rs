@@ -9,7 +9,9 @@
 //! segment's SHA-256 and size, the chain range it covers (anchor and root
 //! hashes) and the SHA-256 of the previous manifest, so manifests form a
 //! chain of their own; each is also recorded in the ledger as the payload of
-//! a `kernel.rotate` entry, which the next segment archives.
+//! a `kernel.rotate` entry, which the next segment archives. It also carries
+//! the log's signed checkpoint at its last entry, so that `kernels archive
+//! verify --key` can check the archived entries against what was signed.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -47,6 +49,11 @@ pub struct Manifest {
     pub prev_manifest_sha256: Option<String>,
     /// When the manifest was made.
     pub created_at_ms: u64,
+    /// The signed checkpoint (C2SP tlog-checkpoint) of the tree of entries
+    /// `0..=to_seq`: absent in manifests written before the Merkle tree, or
+    /// by a ledger without a signing key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
 }
 
 impl Manifest {

@@ -21,8 +21,10 @@
 //! * [`manifest`] — manifests and the key layout
 //! * [`segment`] — streamed verification of an archived segment
 //! * [`archive`] — `kernels archive verify` / `replay`
+//! * [`archive_tree`] — the archive's Merkle tree and its signed checkpoints
 
 pub mod archive;
+pub mod archive_tree;
 pub mod head;
 pub mod manifest;
 pub mod objects;

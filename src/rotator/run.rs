@@ -9,7 +9,8 @@
 //!    second upload, no duplicate range, no gap.
 //! 3. Otherwise the segment (a range bundle, written deterministically so a
 //!    repeated run writes the same bytes) is exported to a local file,
-//!    uploaded (never overwriting), then the manifest.
+//!    uploaded (never overwriting), then the manifest, which carries the
+//!    ledger's signed checkpoint of every entry up to the segment's last.
 //! 4. Both are read back and checked: the manifest's bytes, the segment's
 //!    SHA-256, size and chain (anchor, first seq, every hash, root).
 //! 5. Only then is `kernel.rotate` appended, with the manifest as payload.
@@ -33,7 +34,7 @@ use super::segment::{self, ScanError};
 use crate::bundle::{BundleWriter, ExportHeader};
 use crate::evidence::HashingWriter;
 use crate::kernel::state::event;
-use crate::ledger::{Clock, Ledger, LedgerError, SystemClock};
+use crate::ledger::{Clock, Ledger, LedgerError, SystemClock, TreeError};
 
 /// Why a rotation run failed. Every failure leaves the ledger unchanged;
 /// the next run retries.
@@ -315,6 +316,23 @@ async fn prepare(ledger: &Ledger, target: &Target) -> Result<Prepared, RotationE
                     )
                 },
             )?;
+            if let Some(text) = &manifest.checkpoint {
+                let root = ledger.tree_root_at(manifest.to_seq + 1).ok();
+                let signed = crate::checkpoint::SignedCheckpoint::parse(text).ok();
+                check(
+                    signed.is_some_and(|cp| {
+                        Some(cp.checkpoint.root) == root
+                            && cp.checkpoint.size == manifest.to_seq + 1
+                    }),
+                    || {
+                        format!(
+                            "{}: its checkpoint is not the ledger's tree of {} entries",
+                            object.key,
+                            manifest.to_seq + 1
+                        )
+                    },
+                )?;
+            }
             tracing::warn!(key = %object.key, "found an archived but unrecorded rotation; recording it");
             (manifest, true)
         }
@@ -496,6 +514,7 @@ async fn upload(
         segment_bytes: bytes,
         prev_manifest_sha256,
         created_at_ms: SystemClock.now_ms(),
+        checkpoint: signed_checkpoint(ledger, to + 1).await?,
     };
     let key = manifest_key(&target.prefix, kernel_id, from, to);
     target
@@ -503,6 +522,21 @@ async fn upload(
         .put_new_bytes(&key, manifest.to_bytes())
         .await?;
     Ok(manifest)
+}
+
+/// The ledger's signed checkpoint of its first `size` entries, for a
+/// manifest (none when the ledger has no signing key; any other failure
+/// fails the run: a manifest is never written without the checkpoint its
+/// ledger can sign).
+async fn signed_checkpoint(ledger: &Ledger, size: u64) -> Result<Option<String>, RotationError> {
+    match ledger.checkpoint_at(size).await {
+        Ok(cp) => Ok(Some(cp.to_string())),
+        Err(TreeError::NoSigningKey) => Ok(None),
+        Err(TreeError::Ledger(e)) => Err(RotationError::Ledger(e)),
+        Err(e) => Err(RotationError::Export(format!(
+            "signing the checkpoint of {size} entries: {e}"
+        ))),
+    }
 }
 
 /// Writes the range bundle of `from..=to`; its bytes depend only on the

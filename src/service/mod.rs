@@ -10,6 +10,7 @@
 //! * [`cluster`] — the cluster membership's routes and halt/recover actor
 //! * [`agents`] — what agents' proxies read (`/v1/policy/allowed`) and the
 //!   MCP front (`/mcp/{name}`)
+//! * [`proofs`] — `/v1/checkpoint` and `/v1/proofs/…`: provable history
 //! * [`auth`] — bearer tokens and roles
 //! * [`error`] — the one place errors become status codes
 //! * [`openapi`] — the OpenAPI document, generated from the handlers
@@ -23,6 +24,7 @@ pub mod conn;
 pub mod entries;
 pub mod error;
 pub mod openapi;
+pub mod proofs;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -194,6 +196,10 @@ pub const ROUTES: &[&str] = &[
     "/v1/rotations",
     "/v1/verify",
     "/v1/cluster/leave",
+    "/v1/checkpoint",
+    "/v1/checkpoint/key",
+    "/v1/proofs/inclusion",
+    "/v1/proofs/consistency",
     "/v1/openapi.json",
 ];
 
@@ -214,6 +220,10 @@ pub fn router(state: AppState) -> Router {
         .route("/rotations", get(api::rotations).post(api::rotate))
         .route("/verify", post(api::verify))
         .route("/cluster/leave", post(cluster::leave))
+        .route("/checkpoint", get(proofs::checkpoint))
+        .route("/checkpoint/key", get(proofs::checkpoint_key))
+        .route("/proofs/inclusion", get(proofs::inclusion))
+        .route("/proofs/consistency", get(proofs::consistency))
         .route("/openapi.json", get(openapi::document))
         .route_layer(middleware::from_fn_with_state(
             tokens.clone(),

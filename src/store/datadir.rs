@@ -8,6 +8,10 @@
 //!                             refreshed every checkpoint interval and on a clean stop
 //! <data_dir>/LAST_COMMIT      the head of the last commit ("<len> <hash> <crc>"),
 //!                             rewritten in place after every commit, not fsynced
+//! <data_dir>/SIGNED_HEAD      the largest signed tree head ("<size> <root> <crc>" and
+//!                             the verifier key), rewritten in place once it is
+//!                             durable in the store, not fsynced
+//! <data_dir>/signing.key      the checkpoint signing key, when none is configured
 //! <data_dir>/ledger/          the sled database
 //! ```
 //!
@@ -37,6 +41,7 @@ const MARKER: &str = "KERNELS_FORMAT";
 const LOCK: &str = "LOCK";
 const DURABLE_HEAD: &str = "DURABLE_HEAD";
 const LAST_COMMIT: &str = "LAST_COMMIT";
+const SIGNED_HEAD: &str = "SIGNED_HEAD";
 const MARKER_MAGIC: &str = "kernels data dir";
 /// The sled database, inside the data dir.
 const LEDGER: &str = "ledger";
@@ -53,6 +58,8 @@ pub struct DataDir {
     pub created: bool,
     /// `LAST_COMMIT`, opened at the first commit noted.
     last_commit: OnceLock<File>,
+    /// `SIGNED_HEAD`, opened at the first signed head noted.
+    signed_head: OnceLock<File>,
 }
 
 impl DataDir {
@@ -120,6 +127,7 @@ impl DataDir {
             opened_version: version,
             created,
             last_commit: OnceLock::new(),
+            signed_head: OnceLock::new(),
         })
     }
 
@@ -162,51 +170,89 @@ impl DataDir {
     /// Notes the head of a commit that just became durable in the store: one
     /// `pwrite` of a fixed-size line, not fsynced (see the module doc).
     pub fn note_commit(&self, len: u64, hash: &str) -> Result<(), StoreError> {
-        let file = match self.last_commit.get() {
+        self.note(&self.last_commit, LAST_COMMIT, &head_line(len, hash, None))
+    }
+
+    /// The head of the last commit noted, if `LAST_COMMIT` is there and
+    /// whole (a line torn by a power loss is ignored, with a warning).
+    pub fn last_commit(&self) -> Result<Option<(u64, String)>, StoreError> {
+        Ok(self
+            .read_note(LAST_COMMIT)?
+            .map(|(len, hash, _)| (len, hash)))
+    }
+
+    /// Notes the largest signed tree head once it is durable in the store
+    /// (`size`, `root` in hex, the signer's verifier key): like
+    /// [`DataDir::note_commit`], one `pwrite`, not fsynced.
+    pub fn note_signed_head(&self, size: u64, root: &str, key: &str) -> Result<(), StoreError> {
+        self.note(
+            &self.signed_head,
+            SIGNED_HEAD,
+            &head_line(size, root, Some(key)),
+        )
+    }
+
+    /// The signed tree head noted, if `SIGNED_HEAD` is there and whole:
+    /// `(size, root hex, verifier key)`.
+    pub fn signed_head(&self) -> Result<Option<(u64, String, String)>, StoreError> {
+        self.read_note(SIGNED_HEAD)
+    }
+
+    /// Overwrites note file `name` (kept open in `slot`) with `line`.
+    fn note(&self, slot: &OnceLock<File>, name: &str, line: &str) -> Result<(), StoreError> {
+        let file = match slot.get() {
             Some(file) => file,
             None => {
                 let file = OpenOptions::new()
                     .write(true)
                     .create(true)
                     .truncate(false)
-                    .open(self.path.join(LAST_COMMIT))?;
+                    .open(self.path.join(name))?;
                 sync_dir(&self.path)?;
-                self.last_commit.get_or_init(|| file)
+                slot.get_or_init(|| file)
             }
         };
-        file.write_all_at(last_commit_line(len, hash).as_bytes(), 0)?;
+        file.write_all_at(line.as_bytes(), 0)?;
         Ok(())
     }
 
-    /// The head of the last commit noted, if `LAST_COMMIT` is there and
-    /// whole (a line torn by a power loss is ignored, with a warning).
-    pub fn last_commit(&self) -> Result<Option<(u64, String)>, StoreError> {
-        let text = match fs::read_to_string(self.path.join(LAST_COMMIT)) {
+    /// Reads note file `name`: `(len, hash, rest)`, or None when it is
+    /// missing or torn (a torn note is ignored, with a warning).
+    fn read_note(&self, name: &str) -> Result<Option<(u64, String, String)>, StoreError> {
+        let text = match fs::read_to_string(self.path.join(name)) {
             Ok(text) => text,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e.into()),
         };
         let parsed = text.lines().next().and_then(|line| {
-            let mut parts = line.split(' ');
-            let (len, hash, crc) = (parts.next()?, parts.next()?, parts.next()?);
-            let body = format!("{len} {hash}");
-            (u32::from_str_radix(crc, 16).ok()? == crc32fast::hash(body.as_bytes()))
-                .then(|| Some((len.parse().ok()?, hash.to_owned())))?
+            let (body, crc) = line.rsplit_once(' ')?;
+            if u32::from_str_radix(crc, 16).ok()? != crc32fast::hash(body.as_bytes()) {
+                return None;
+            }
+            let mut parts = body.splitn(3, ' ');
+            let (len, hash) = (parts.next()?, parts.next()?);
+            let rest = parts.next().unwrap_or_default().to_owned();
+            Some((len.parse().ok()?, hash.to_owned(), rest))
         });
         if parsed.is_none() {
             tracing::warn!(
-                file = %self.path.join(LAST_COMMIT).display(),
-                "the last-commit note is unreadable (torn by a power loss?); ignoring it"
+                file = %self.path.join(name).display(),
+                "a note beside the store is unreadable (torn by a power loss?); ignoring it"
             );
         }
         Ok(parsed)
     }
 }
 
-/// `LAST_COMMIT`'s line: always the same length for a 64-hex hash, so an
-/// overwrite in place leaves no tail of an older line.
-fn last_commit_line(len: u64, hash: &str) -> String {
-    let body = format!("{len:020} {hash}");
+/// A note's line: `<len:020> <hash>[ <extra>] <crc32>`; for one kind of
+/// note always the same length, so an overwrite in place leaves no tail of
+/// an older line.
+fn head_line(len: u64, hash: &str, extra: Option<&str>) -> String {
+    let mut body = format!("{len:020} {hash}");
+    if let Some(extra) = extra {
+        body.push(' ');
+        body.push_str(extra);
+    }
     let crc = crc32fast::hash(body.as_bytes());
     format!("{body} {crc:08x}\n")
 }

@@ -6,6 +6,7 @@
 //! c <first seq: 8 bytes BE>   a chunk of consecutive entries (see `chunk`)
 //! s <first seq: 8 bytes BE>   request records (Family::REQUESTS)
 //! f <first seq: 8 bytes BE>   request-id fingerprints (Family::REQUEST_FINGERPRINTS)
+//! t <level: 1 byte><half: 7 bytes BE>  Merkle tree tile halves (Family::TILES)
 //! m <name>                    metadata (format version, kernel id, checkpoint)
 //! r <request_id>              format 2's request records (read only by the migration)
 //! ```

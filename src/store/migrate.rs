@@ -15,10 +15,11 @@ use super::keys::{CHUNK, FORMAT2_REQUEST, chunk_key, key_seq, meta_key, side_key
 use super::request_records::{
     self, FINGERPRINT_BLOCK, RequestRecord, encode_fingerprints, fingerprint,
 };
-use super::sled_cache::{SCAN_NUDGES, nudge};
+use super::sled_cache::{SCAN_NUDGES, WRITE_NUDGES, nudge};
 use super::sled_errors::engine;
 use super::sled_store::{SledOptions, SledStore};
-use super::{Family, LedgerStore, StoreError, VALUE_BYTES, chunk, meta};
+use super::tiles::TileWriter;
+use super::{Family, LedgerStore, StoreError, VALUE_BYTES, chunk, meta, record};
 use crate::STORAGE_FORMAT_VERSION;
 
 /// One upgrade step: from format `from` to `from + 1`, applied to the data dir.
@@ -26,7 +27,11 @@ pub type Migration = fn(&Path) -> Result<(), StoreError>;
 
 /// Upgrade steps, indexed by the version they upgrade from; `migrations/`
 /// documents each version.
-pub const MIGRATIONS: &[(u32, Migration)] = &[(1, migrate_1_to_2), (2, migrate_2_to_3)];
+pub const MIGRATIONS: &[(u32, Migration)] = &[
+    (1, migrate_1_to_2),
+    (2, migrate_2_to_3),
+    (3, migrate_3_to_4),
+];
 
 /// The sled database, inside the data dir.
 const LEDGER: &str = "ledger";
@@ -130,6 +135,61 @@ fn convert_request_records(path: &Path) -> Result<(), StoreError> {
     }
     batch.insert(meta_key(meta::FORMAT), &b"3"[..]);
     tree.apply_batch(batch).map_err(engine)?;
+    store.sync_sled()
+}
+
+/// Format 4 adds the Merkle tree's tiles (`t` side records, see
+/// [`super::tiles`]): the stored entries are read in seq order, their
+/// stored `entry_hash`es appended to a [`TileWriter`] a few thousand at a
+/// time, and the halves it gives written to sled as they come (memory stays
+/// flat: the writer holds at most one partial half per level); then the
+/// format metadata is set to 4 and sled made durable. A second run writes
+/// the same halves again.
+fn migrate_3_to_4(dir: &Path) -> Result<(), StoreError> {
+    /// Leaves appended per sled batch.
+    const STEP: usize = 4096;
+    let store = SledStore::open(&dir.join(LEDGER), &SledOptions::default())?;
+    let tree = store.tree();
+    let len = store.len()?;
+    let mut writer = TileWriter::new();
+    let mut hashes: Vec<[u8; 32]> = Vec::with_capacity(STEP);
+    let write = |writer: &mut TileWriter, hashes: &mut Vec<[u8; 32]>| {
+        let mut batch = sled::Batch::default();
+        let mut keys = Vec::new();
+        for (family, key, value) in writer.append(hashes.drain(..)) {
+            let k = side_key(family, key);
+            batch.insert(&k[..], value);
+            keys.push(k);
+        }
+        tree.apply_batch(batch).map_err(engine)?;
+        for k in keys {
+            nudge(tree, &k, WRITE_NUDGES);
+        }
+        Ok::<(), StoreError>(())
+    };
+    for item in store.scan(0, len) {
+        let (seq, bytes) = item?;
+        let parts = record::split(&bytes).map_err(|e| StoreError::Corrupt {
+            seq,
+            message: e.to_string(),
+        })?;
+        if seq != writer.size() + hashes.len() as u64 {
+            return Err(StoreError::Corrupt {
+                seq,
+                message: format!(
+                    "entries {}..{seq} are missing: the tree cannot be built",
+                    writer.size() + hashes.len() as u64
+                ),
+            });
+        }
+        hashes.push(*parts.entry_hash);
+        if hashes.len() == STEP {
+            write(&mut writer, &mut hashes)?;
+        }
+    }
+    write(&mut writer, &mut hashes)?;
+    tree.insert(meta_key(meta::FORMAT), &b"4"[..])
+        .map_err(engine)?;
     store.sync_sled()
 }
 
@@ -263,6 +323,54 @@ mod tests {
     use crate::store::request_records::decode_fingerprints;
     use crate::store::request_records::test_record as record;
     use crate::store::{Append, keys::prefixed, record};
+
+    #[test]
+    fn a_format_3_store_gets_the_tree_of_its_entries_and_a_second_run_changes_nothing() {
+        use crate::merkle::tiles::MemoryTiles;
+        use crate::merkle::{entry_leaf_hash, inclusion_proof, tree_root};
+        use crate::store::tiles::store_nodes;
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join(LEDGER);
+        let entries = crate::entry::test_chain(9_000, 0, GENESIS_HASH);
+        {
+            let store = SledStore::open(&path, &SledOptions::default()).unwrap();
+            for part in entries.chunks(333) {
+                store
+                    .append(Append {
+                        entries: part,
+                        ..Append::default()
+                    })
+                    .unwrap();
+            }
+            store.commit().unwrap();
+        }
+        let mut reference = MemoryTiles::new();
+        for e in &entries {
+            let raw = crate::chain::decode_hex(e.entry_hash.as_bytes()).unwrap();
+            reference.append(entry_leaf_hash(&raw));
+        }
+        for _ in 0..2 {
+            migrate_3_to_4(tmp.path()).unwrap();
+            let store = SledStore::open(&path, &SledOptions::default()).unwrap();
+            let nodes = store_nodes(&store);
+            assert_eq!(tree_root(9_000, &nodes).unwrap(), reference.root());
+            assert_eq!(
+                inclusion_proof(4_321, 7_000, &nodes).unwrap(),
+                inclusion_proof(4_321, 7_000, &crate::merkle::tiles::TiledNodes(&reference))
+                    .unwrap()
+            );
+            assert_eq!(
+                TileWriter::resume(&store, 9_000).unwrap().root(),
+                reference.root()
+            );
+            let report = crate::ledger::open::verify_store(&store, 0, 9_000, GENESIS_HASH);
+            assert!(report.valid, "{:?}", report.errors.first());
+            assert_eq!(
+                store.meta(meta::FORMAT).unwrap().as_deref(),
+                Some(&b"4"[..])
+            );
+        }
+    }
 
     #[test]
     fn a_format_2_store_is_migrated_and_a_second_run_changes_nothing() {

@@ -3,9 +3,9 @@
 //! [`LedgerStore`] is all the rest of the service knows of storage: append
 //! a batch atomically, make it durable, scan or get entries, the length, and
 //! a few metadata keys — plus *side records*, values the ledger keeps beside
-//! the entries (request records, request-id fingerprints; later the Merkle
-//! tree's node hashes), written in the same atomic append as the entries
-//! they belong to and read back by key.
+//! the entries (request records, request-id fingerprints, the Merkle tree's
+//! tiles), written in the same atomic append as the entries they belong to
+//! and read back by key.
 //!
 //! Two implementations: [`sled_store::SledStore`] (the engine the service
 //! runs on: a write-ahead log in front of sled) and [`memory::MemoryStore`]
@@ -15,6 +15,8 @@
 //! * [`migrate`] — the storage format upgrades (one file per version in `migrations/`)
 //! * [`record`] — the stored byte layout of an entry
 //! * [`request_records`] — the stored layout of request records and fingerprints
+//! * [`tiles`] — the stored layout of the Merkle tree (tlog tiles in halves)
+//! * [`key_file`] — the checkpoint signing key on disk
 //! * [`wal`] — the write-ahead log, where a commit becomes durable
 //! * [`fs`] — fsync steps shared by all of them
 //!
@@ -28,6 +30,7 @@ mod applier;
 mod chunk;
 pub mod datadir;
 pub mod fs;
+pub mod key_file;
 mod keys;
 pub mod memory;
 pub mod migrate;
@@ -37,6 +40,7 @@ mod sled_cache;
 mod sled_errors;
 pub mod sled_store;
 mod sled_sync;
+pub mod tiles;
 pub mod wal;
 
 use crate::entry::Entry;
@@ -72,6 +76,11 @@ pub mod meta {
     pub const KERNEL_ID: &str = "kernel_id";
     /// The latest state checkpoint.
     pub const CHECKPOINT: &str = "checkpoint";
+    /// The largest tree head the service signed (`ledger::signing`): written
+    /// durably before a checkpoint of it is served.
+    pub const SIGNED_TREE_HEAD: &str = "signed_tree_head";
+    /// The verifier key of the key that signs the ledger's checkpoints.
+    pub const SIGNING_KEY: &str = "signing_key";
 }
 
 /// Values are kept at or below this size where the writer can split them
@@ -88,11 +97,10 @@ pub const VALUE_RECORDS: usize = 64;
 /// in the same atomic [`Append`] as the entries they belong to.
 ///
 /// The families are listed here because each is part of the storage format
-/// (its tag is its sled key prefix). Issue 11's Merkle tree adds one for
-/// its node hashes: they are then appended, in the same atomic step and
-/// group commit, with the entries they cover, and read back with
-/// [`LedgerStore::side_range`] / [`LedgerStore::side_at_or_before`] (one
-/// O(log n) point or floor lookup per node a proof needs).
+/// (its tag is its sled key prefix). The Merkle tree's tiles are one: they
+/// are appended, in the same atomic step and group commit, with the entries
+/// they cover, and read back with [`LedgerStore::side_range`] (one range
+/// read per tile a proof needs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Family(u8);
 
@@ -103,6 +111,9 @@ impl Family {
     /// Request-id fingerprints, in blocks of
     /// [`request_records::FINGERPRINT_BLOCK`] entries keyed by their first seq.
     pub const REQUEST_FINGERPRINTS: Family = Family(b'f');
+    /// The Merkle tree's stored node hashes, in tile halves keyed by level
+    /// and half index (see [`tiles`]).
+    pub const TILES: Family = Family(b't');
 
     /// The family's one-byte tag (its sled key prefix).
     pub const fn tag(self) -> u8 {

@@ -1,19 +1,24 @@
-"""``verify_receipt`` and its parts, offline.
+"""``verify_receipt`` and its parts: offline, against the kernels CLI, and
+against a real ``kernels serve`` through the proof endpoints.
 
-Independent data: the RFC 6962 reference tree (the eight test inputs of
-RFC 6962 implementations and the published root and inclusion proof of its
-first leaf, as in transparency-dev/merkle's testdata/inclusion/1/happy-path.json)
-and the signed-note example of golang.org/x/mod/sumdb/note (PeterNeumann).
-Beyond them, every proof of every leaf of trees up to 40 leaves, built by the
-recursive definition of RFC 9162 §2.1.1/§2.1.3.1 written here, must verify
-with the library's iterative check (§2.1.3.2), and the tampered variants that
-transparency-dev's vectors list must not.
+No vector here is copied from elsewhere: every expected value is computed in
+the test from the definitions (RFC 9162 §2.1: leaf ``SHA-256(0x00 || d)``,
+node ``SHA-256(0x01 || l || r)``, ``MTH``/``PATH`` written recursively here
+with hashlib), or cross-checked against the Rust implementation: keys made by
+``kernels keygen`` and notes, checkpoints and proofs signed here with them
+must be accepted by ``kernels checkpoint verify`` / ``kernels proof verify``,
+and the server's checkpoints and proofs must verify here. Every proof of every
+leaf of trees up to 40 leaves, built by the recursive definition, must verify
+with the library's iterative check (§2.1.3.2), and tampered variants must not.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
+import subprocess
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -22,37 +27,36 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from kernels_client import (
     Checkpoint,
     InclusionProof,
+    KernelRequest,
+    KernelsClient,
+    KernelsError,
     SignedNote,
+    ToolCall,
     VerificationError,
     VerifierKey,
     verify_receipt,
 )
 from kernels_client.proofs import key_id, leaf_hash, node_hash, root_from_inclusion_proof
 
-# --- independent data ---------------------------------------------------------
-
-RFC6962_INPUTS = [
-    bytes.fromhex(h)
-    for h in ("", "00", "10", "2021", "3031", "40414243", "5051525354555657", "606162636465666768696a6b6c6d6e6f")
-]
-RFC6962_ROOT_8 = "XcnaeacGWamtVZy3Ad7ZoqudgjqtL0lgz+Nw7/RgQyg="
-RFC6962_LEAF_0 = "bjQLnP+zepicpUTmu3gKLHiQHT+zNzh2hRGjBhevoB0="
-RFC6962_PROOF_0_OF_8 = [
-    "lqKW0iTyhcZ77pPDD4owkVfw2qNdxbh+QQt4YwoJz8c=",
-    "Xwg/ChozygdqlSeYMlgNs+DvRYS9/x9UyKNg9Q3jAx4=",
-    "a0eq8p7jwq+a+Im8H7klTavTEXfxYjLdaqsDXKOb9uQ=",
-]
-
-GO_NOTE_KEY = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"
-GO_NOTE_TEXT = "If you think cryptography is the answer to your problem,\nthen you don't know what your problem is.\n"
-GO_NOTE = (
-    GO_NOTE_TEXT
-    + "\n— PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n"
-)
+from .support import KernelsServer, clean_env, kernels_bin
 
 
 def b64(text: str) -> bytes:
     return base64.b64decode(text)
+
+
+def sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def h_leaf(data: bytes) -> bytes:
+    """RFC 9162 §2.1.1 leaf hash, written here."""
+    return sha256(b"\x00" + data)
+
+
+def h_node(left: bytes, right: bytes) -> bytes:
+    """RFC 9162 §2.1.1 interior node hash, written here."""
+    return sha256(b"\x01" + left + right)
 
 
 # --- the recursive definitions of RFC 9162 §2.1, as the oracle ----------------
@@ -73,7 +77,7 @@ def mth(leaves: list[bytes]) -> bytes:
     if len(leaves) == 1:
         return leaves[0]
     k = split(len(leaves))
-    return node_hash(mth(leaves[:k]), mth(leaves[k:]))
+    return h_node(mth(leaves[:k]), mth(leaves[k:]))
 
 
 def path(m: int, leaves: list[bytes]) -> list[bytes]:
@@ -86,13 +90,30 @@ def path(m: int, leaves: list[bytes]) -> list[bytes]:
     return path(m - k, leaves[k:]) + [mth(leaves[:k])]
 
 
-def test_the_rfc6962_reference_tree() -> None:
-    leaves = [leaf_hash(d) for d in RFC6962_INPUTS]
-    assert leaves[0] == b64(RFC6962_LEAF_0)
-    assert mth(leaves) == b64(RFC6962_ROOT_8)
-    published = [b64(p) for p in RFC6962_PROOF_0_OF_8]
-    assert path(0, leaves) == published
-    assert root_from_inclusion_proof(0, 8, leaves[0], published) == b64(RFC6962_ROOT_8)
+def test_hashes_and_small_trees_from_the_definitions() -> None:
+    # The library's hashes are the definitions'.
+    for data in (b"", b"\x00", bytes(range(32)), b"kernels" * 50):
+        assert leaf_hash(data) == h_leaf(data)
+        assert node_hash(h_leaf(data), h_leaf(data[::-1])) == h_node(h_leaf(data), h_leaf(data[::-1]))
+    assert leaf_hash(b"") != sha256(b"")  # the 0x00 prefix matters (second preimages)
+    # Trees of 1, 2, 3 and 5 leaves, written out by hand from §2.1.1.
+    d = [bytes([i]) * (i + 1) for i in range(5)]
+    l = [h_leaf(x) for x in d]
+    assert mth([]) == sha256(b"")
+    assert mth(l[:1]) == l[0]
+    assert mth(l[:2]) == h_node(l[0], l[1])
+    root3 = h_node(h_node(l[0], l[1]), l[2])
+    assert mth(l[:3]) == root3
+    root5 = h_node(h_node(h_node(l[0], l[1]), h_node(l[2], l[3])), l[4])
+    assert mth(l[:5]) == root5
+    # PATH by hand (§2.1.3.1): leaf 2 of 3 is proved by H(l0, l1); leaf 0 of 5
+    # by l1, H(l2, l3), l4; leaf 4 of 5 by the root of the first four.
+    assert path(2, l[:3]) == [h_node(l[0], l[1])]
+    assert path(0, l[:5]) == [l[1], h_node(l[2], l[3]), l[4]]
+    assert path(4, l[:5]) == [h_node(h_node(l[0], l[1]), h_node(l[2], l[3]))]
+    assert root_from_inclusion_proof(2, 3, l[2], path(2, l[:3])) == root3
+    assert root_from_inclusion_proof(0, 5, l[0], path(0, l[:5])) == root5
+    assert root_from_inclusion_proof(4, 5, l[4], path(4, l[:5])) == root5
 
 
 def test_every_proof_of_every_small_tree_verifies() -> None:
@@ -104,7 +125,8 @@ def test_every_proof_of_every_small_tree_verifies() -> None:
 
 
 def mutations(index: int, size: int, leaf: bytes, proof: list[bytes]):
-    """The tampered variants of transparency-dev/merkle's inclusion vectors."""
+    """Tampered variants: another leaf, a moved index, other tree sizes, and
+    paths with a flipped bit, a component missing, added or inserted."""
     yield "wrong leaf", index, size, hashlib.sha256(b"WrongLeaf").digest(), proof
     yield "leafIdx+1", index + 1, size, leaf, proof
     if index > 0:
@@ -141,39 +163,16 @@ def test_tampered_proofs_are_rejected(index: int, size: int) -> None:
     assert seen >= (6 if size == 1 else 9)
 
 
-def test_the_sumdb_note_example() -> None:
-    key = VerifierKey.parse(GO_NOTE_KEY)
-    assert key.name == "PeterNeumann" and key.key_id.hex() == "c74f20a3"
-    assert key_id(key.name, key.public_key).hex() == "c74f20a3"
-    note = SignedNote.parse(GO_NOTE)
-    assert note.text == GO_NOTE_TEXT
-    note.verify(key)
-    with pytest.raises(VerificationError):
-        SignedNote.parse(GO_NOTE.replace("cryptography", "cryptographY")).verify(key)
-    with pytest.raises(VerificationError):  # the key of another name
-        SignedNote.parse(GO_NOTE.replace("— PeterNeumann", "— PeterNeumanN")).verify(key)
-    for bad in (
-        "PeterNeumann+c74f20a4+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW",  # wrong id
-        "PeterNeumanN+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW",  # id of another name
-        "PeterNeumann+c74f20a3+AhpVc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW",  # not Ed25519
-        "PeterNeumann+c74f20a3",
-        "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW+",
-        "",
-    ):
-        with pytest.raises(VerificationError):
-            VerifierKey.parse(bad)
-
-
 # --- a signed log made here, for verify_receipt -------------------------------
 
 
 class Log:
     """A tiny log: entry hashes, a C2SP checkpoint signer, proofs by definition."""
 
-    def __init__(self, n: int, origin: str = "kernels/test-001") -> None:
+    def __init__(self, n: int, origin: str = "kernels/test-001", seed: bytes | None = None) -> None:
         self.origin = origin
         self.entry_hashes = [hashlib.sha256(f"entry {i}".encode()).hexdigest() for i in range(n)]
-        self.private = Ed25519PrivateKey.generate()
+        self.private = Ed25519PrivateKey.from_private_bytes(seed) if seed else Ed25519PrivateKey.generate()
         public = self.private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         self.key_id = key_id(origin, public)
         encoded = base64.b64encode(bytes([1]) + public).decode()
@@ -276,3 +275,176 @@ def test_every_tampering_is_refused() -> None:
         verify_receipt({"not": "a receipt"}, proof, log.vkey)
     # The untampered pair still verifies (the refusals are about the tampering).
     verify_receipt(receipt, proof, log.vkey)
+
+
+# --- cross-checks with the Rust implementation (the real binary) --------------
+
+
+def kernels(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [kernels_bin(), *args], cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=60
+    )
+
+
+def parse_private_key(text: str) -> tuple[str, bytes]:
+    """``PRIVATE+KEY+<name>+<id>+<base64(0x01 || seed)>``: the name and seed
+    (read here; the base64 may itself hold a '+')."""
+    assert text.startswith("PRIVATE+KEY+"), text[:20]
+    name, kid, encoded = text[len("PRIVATE+KEY+") :].split("+", 2)
+    raw = base64.b64decode(encoded)
+    assert raw[0] == 1 and len(raw) == 33
+    seed = raw[1:]
+    public = Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    assert kid == key_id(name, public).hex()
+    return name, seed
+
+
+def verifier_key_of(name: str, seed: bytes) -> str:
+    """The verifier key text of an Ed25519 seed, built here."""
+    public = Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    kid = sha256(name.encode() + b"\n" + b"\x01" + public)[:4]
+    return f"{name}+{kid.hex()}+{base64.b64encode(bytes([1]) + public).decode()}"
+
+
+def keygen_seed(tmp_path: Path, kernel_id: str) -> tuple[str, bytes]:
+    """``kernels keygen``: the verifier key it prints and the seed it wrote."""
+    out = kernels(tmp_path, "keygen", "--kernel-id", kernel_id, "--out", "signing.key")
+    assert out.returncode == 0, out.stderr
+    name, seed = parse_private_key((tmp_path / "signing.key").read_text().strip())
+    assert name == f"kernels/{kernel_id}"
+    return out.stdout.strip(), seed
+
+
+def test_keys_notes_and_proofs_made_here_pass_the_kernels_cli(tmp_path: Path) -> None:
+    vkey, seed = keygen_seed(tmp_path, "py-cross")
+    # The key the CLI printed is the one derived here from its seed.
+    public = Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    parsed = VerifierKey.parse(vkey)
+    assert parsed.name == "kernels/py-cross"
+    assert parsed.public_key == public
+    assert parsed.key_id == key_id("kernels/py-cross", public)
+    assert vkey == verifier_key_of("kernels/py-cross", seed)
+
+    log = Log(13, origin="kernels/py-cross", seed=seed)
+    assert log.vkey == vkey
+    (tmp_path / "cp.txt").write_text(log.checkpoint(13))
+    out = kernels(tmp_path, "checkpoint", "verify", "--key", vkey, "cp.txt")
+    assert out.returncode == 0, out.stdout + out.stderr
+    # A checkpoint of another origin, or another key: refused by the CLI too.
+    (tmp_path / "cp-origin.txt").write_text(log.checkpoint(13, origin="kernels/other"))
+    assert kernels(tmp_path, "checkpoint", "verify", "--key", vkey, "cp-origin.txt").returncode == 1
+    assert kernels(tmp_path, "checkpoint", "verify", "--key", Log(13, origin="kernels/py-cross").vkey, "cp.txt").returncode == 1
+    for seq, size in ((0, 13), (6, 13), (12, 13), (4, 5)):
+        proof = log.proof(seq, size)
+        (tmp_path / "proof.json").write_text(json.dumps(proof))
+        out = kernels(
+            tmp_path, "proof", "verify", "--key", vkey, "proof.json", "--entry-hash", log.entry_hashes[seq]
+        )
+        assert out.returncode == 0, (seq, size, out.stdout + out.stderr)
+        # Python agrees, and both refuse a flipped proof hash.
+        verify_receipt(log.receipt(seq), proof, vkey)
+        if proof["proof"]:
+            bad = {**proof, "proof": [("1" if proof["proof"][0][0] == "0" else "0") + proof["proof"][0][1:]] + proof["proof"][1:]}
+            (tmp_path / "bad.json").write_text(json.dumps(bad))
+            out = kernels(
+                tmp_path, "proof", "verify", "--key", vkey, "bad.json", "--entry-hash", log.entry_hashes[seq]
+            )
+            assert out.returncode == 1, out.stdout
+            with pytest.raises(VerificationError):
+                verify_receipt(log.receipt(seq), bad, vkey)
+
+
+# --- against a real kernels serve ---------------------------------------------
+
+
+def lookup_request(key: str = "k") -> KernelRequest:
+    return KernelRequest(
+        actor="agent-001", intent="look up", tool_call=ToolCall(name="lookup", params={"key": key}), params={"key": key}
+    )
+
+
+def pinned_key(server: KernelsServer) -> str:
+    """The verifier key as the operator knows it: derived here from the key
+    file the server created in its data dir, not asked of the server."""
+    name, seed = parse_private_key((server.workdir / "data" / "signing.key").read_text().strip())
+    return verifier_key_of(name, seed)
+
+
+def test_verify_a_real_receipt(server: KernelsServer, agent: KernelsClient, auditor: KernelsClient) -> None:
+    receipts = [agent.submit(lookup_request(str(i))) for i in range(7)]
+    key = pinned_key(server)
+    assert auditor.verifier_key() == key
+    note = auditor.checkpoint()
+    cp = Checkpoint.open(note, key)
+    assert cp.origin == "kernels/py-001"
+    assert cp.tree_size >= 8
+    for r in receipts:
+        proof = agent.inclusion_proof(r.ledger_seq)
+        got = verify_receipt(r, proof, key)
+        assert got.seq == r.ledger_seq and got.tree_size >= r.ledger_seq + 1
+    first = receipts[0]
+    old = agent.inclusion_proof(first.ledger_seq, tree_size=first.ledger_seq + 1)
+    assert verify_receipt(first, old, key).tree_size == first.ledger_seq + 1
+    with pytest.raises(VerificationError):
+        verify_receipt(receipts[1], agent.inclusion_proof(first.ledger_seq), key)
+    with pytest.raises(KernelsError) as e:
+        agent.inclusion_proof(10_000)
+    assert e.value.status == 400
+
+
+def test_the_client_verifies_a_receipt_through_the_endpoints(server: KernelsServer, agent: KernelsClient) -> None:
+    key = pinned_key(server)
+    receipts = [agent.submit(lookup_request(f"e{i}")) for i in range(5)]
+    for r in receipts:
+        got = agent.verify_receipt(r, key, origin="kernels/py-001")
+        assert got.evidence_hash == r.evidence_hash and got.tree_size > r.ledger_seq
+        # The same proof, checked from first principles here.
+        proof = agent.inclusion_proof(r.ledger_seq, tree_size=got.tree_size)
+        root = h_leaf(bytes.fromhex(r.evidence_hash))
+        index, size = r.ledger_seq, got.tree_size
+        assert proof.leaf_hash == root.hex()
+        # Fold the path by RFC 9162 §2.1.3.2, written here.
+        fn, sn = index, size - 1
+        for p in (bytes.fromhex(x) for x in proof.proof):
+            if fn & 1 or fn == sn:
+                root = h_node(p, root)
+                while not fn & 1 and fn != 0:
+                    fn >>= 1
+                    sn >>= 1
+            else:
+                root = h_node(root, p)
+            fn >>= 1
+            sn >>= 1
+        assert sn == 0
+        assert root.hex() == got.root_hash
+    # A dict receipt works too; against an old tree size as well.
+    first = receipts[0].model_dump()
+    assert agent.verify_receipt(first, key, tree_size=receipts[0].ledger_seq + 1).tree_size == receipts[0].ledger_seq + 1
+    # Another log's key, another origin, a forged receipt: refused.
+    with pytest.raises(VerificationError):
+        agent.verify_receipt(receipts[0], Log(3, origin="kernels/py-001").vkey)
+    with pytest.raises(VerificationError):
+        agent.verify_receipt(receipts[0], key, origin="kernels/other")
+    forged = {**first, "evidence_hash": hashlib.sha256(b"forged").hexdigest()}
+    with pytest.raises(VerificationError):
+        agent.verify_receipt(forged, key)
+
+
+def test_the_async_client_verifies_a_receipt_through_the_endpoints(server: KernelsServer) -> None:
+    import asyncio
+
+    from kernels_client import AsyncKernelsClient
+
+    from .support import AGENT, FAST_RETRY
+
+    key = pinned_key(server)
+
+    async def main() -> None:
+        async with AsyncKernelsClient(server.url, AGENT, retry=FAST_RETRY) as agent:
+            r = await agent.submit(lookup_request("async"))
+            got = await agent.verify_receipt(r, key)
+            assert got.seq == r.ledger_seq and got.evidence_hash == r.evidence_hash
+            with pytest.raises(VerificationError):
+                await agent.verify_receipt({**r.model_dump(), "ledger_seq": r.ledger_seq - 1}, key)
+
+    asyncio.run(main())

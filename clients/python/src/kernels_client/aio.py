@@ -29,6 +29,7 @@ from .models import (
     RecoverResult,
     VerifyReport,
 )
+from .proofs import VerifiedReceipt, VerifierKey, as_receipt, verify_receipt
 
 
 class AsyncKernelsClient:
@@ -156,6 +157,19 @@ class AsyncKernelsClient:
     async def inclusion_proof(self, seq: int, tree_size: Optional[int] = None) -> InclusionProof:
         """See :meth:`KernelsClient.inclusion_proof`."""
         return await self._send(_calls.inclusion_proof(seq, tree_size))
+
+    async def verify_receipt(
+        self,
+        receipt: Union[KernelReceipt, dict[str, Any]],
+        verifier_key: Union[VerifierKey, str],
+        *,
+        tree_size: Optional[int] = None,
+        origin: Optional[str] = None,
+    ) -> VerifiedReceipt:
+        """See :meth:`KernelsClient.verify_receipt`."""
+        r = as_receipt(receipt)
+        proof = await self.inclusion_proof(r.ledger_seq, tree_size)
+        return verify_receipt(r, proof, verifier_key, origin=origin)
 
     async def record_outcome(
         self,

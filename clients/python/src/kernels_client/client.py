@@ -32,6 +32,7 @@ from .models import (
     RecoverResult,
     VerifyReport,
 )
+from .proofs import VerifiedReceipt, VerifierKey, as_receipt, verify_receipt
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 DEFAULT_TIMEOUT = 15.0
@@ -195,6 +196,24 @@ class KernelsClient:
     def inclusion_proof(self, seq: int, tree_size: Optional[int] = None) -> InclusionProof:
         """The inclusion proof of entry ``seq`` with its signed checkpoint."""
         return self._send(_calls.inclusion_proof(seq, tree_size))
+
+    def verify_receipt(
+        self,
+        receipt: Union[KernelReceipt, dict[str, Any]],
+        verifier_key: Union[VerifierKey, str],
+        *,
+        tree_size: Optional[int] = None,
+        origin: Optional[str] = None,
+    ) -> VerifiedReceipt:
+        """Proves that ``receipt`` is in the signed log: fetches its inclusion
+        proof (``GET /v1/proofs/inclusion``, in the tree of ``tree_size`` or
+        every acknowledged entry) and checks it with
+        :func:`~kernels_client.proofs.verify_receipt` against ``verifier_key``
+        — the log's key as pinned from the operator, not one this service
+        answers. Raises :class:`~kernels_client.errors.VerificationError`."""
+        r = as_receipt(receipt)
+        proof = self.inclusion_proof(r.ledger_seq, tree_size)
+        return verify_receipt(r, proof, verifier_key, origin=origin)
 
     def record_outcome(
         self,

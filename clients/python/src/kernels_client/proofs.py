@@ -6,7 +6,8 @@ recorded it. The kernel keeps an RFC 9162 Merkle tree over its entries (leaf
 ``SHA-256(0x00 || data)``, node ``SHA-256(0x01 || left || right)``) and signs
 checkpoints of it as C2SP ``tlog-checkpoint`` signed notes with Ed25519.
 :func:`verify_receipt` needs nothing but the receipt, the proof answered by
-``GET /v1/proofs/inclusion`` and the log's verifier key: it checks the note's
+``GET /v1/proofs/inclusion`` (``KernelsClient.verify_receipt`` fetches it)
+and the log's verifier key: it checks the note's
 signature, then recomputes the tree head from the leaf and the proof (RFC
 9162 §2.1.3.2) and compares it with the signed one. Formats are parsed once,
 into types (:class:`VerifierKey`, :class:`SignedNote`, :class:`Checkpoint`).
@@ -224,6 +225,16 @@ class VerifiedReceipt:
     origin: str
     tree_size: int
     root_hash: str
+
+
+def as_receipt(receipt: Union[KernelReceipt, dict[str, Any]]) -> KernelReceipt:
+    """``receipt`` as a :class:`KernelReceipt` (a dict is validated)."""
+    if isinstance(receipt, KernelReceipt):
+        return receipt
+    try:
+        return KernelReceipt.model_validate(receipt)
+    except ValueError as e:
+        raise VerificationError(f"not a receipt: {e}") from e
 
 
 def verify_receipt(

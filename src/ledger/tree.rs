@@ -1,0 +1,191 @@
+//! The ledger's Merkle tree: kept with the entries, its head published
+//! after each commit, proofs answered from the store.
+//!
+//! The flusher hands each batch's entry hashes to [`DurableTree::stage`]
+//! before it appends the batch: the tile halves the batch changes
+//! ([`crate::store::tiles`]) go into the same atomic append, so the store
+//! never holds tiles for entries it does not hold, nor the reverse. Once the
+//! batch is durable, [`DurableTree::publish`] makes its head the one
+//! checkpoints sign — before any waiter of the batch is answered, so every
+//! acknowledged entry is under the published head. Opening rebuilds the
+//! writer from the stored tiles in O(log n) reads
+//! ([`crate::store::tiles::TileWriter::resume`]).
+//!
+//! Proofs and past roots read the stored tiles through the store (its
+//! overlay included): O(log n) reads, at most two tiles per tile level.
+
+use std::sync::{Mutex, MutexGuard};
+
+use serde::Serialize;
+
+use super::error::LedgerError;
+use super::handle::Ledger;
+use crate::entry::Entry;
+use crate::merkle::proof::BuildError;
+use crate::merkle::tiles::TileError;
+use crate::merkle::{Hash, NodeId, NodeSource, consistency_proof, inclusion_proof, tree_root};
+use crate::store::tiles::{TileWriter, store_nodes};
+use crate::store::{LedgerStore, SideRecord, StoreError};
+
+/// A tree head: `size` leaves (entries) and their root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TreeHead {
+    /// Entries in the tree.
+    pub size: u64,
+    /// The RFC 9162 tree head of those entries.
+    pub root: Hash,
+}
+
+/// Why a tree question was not answered.
+#[derive(Debug, thiserror::Error)]
+pub enum TreeError {
+    /// The arguments name no proof or no tree (a seq or size past the
+    /// acknowledged head, sizes out of order): the caller's mistake (400).
+    #[error("{0}")]
+    OutOfRange(String),
+    /// No key signs this ledger's checkpoints (503 `signing_disabled`).
+    #[error("no checkpoint signing key is configured")]
+    NoSigningKey,
+    /// The stored tree could not be read, or disagrees with itself (500).
+    #[error("stored Merkle tree: {0}")]
+    Store(#[from] StoreError),
+    /// The ledger could not make the signed head durable (503).
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+impl From<BuildError<TileError<StoreError>>> for TreeError {
+    fn from(e: BuildError<TileError<StoreError>>) -> TreeError {
+        match e {
+            BuildError::OutOfRange(m) => TreeError::OutOfRange(m),
+            BuildError::Source(e) => e.into(),
+            e @ BuildError::ShortAnswer { .. } => {
+                TreeError::Store(StoreError::Engine(e.to_string()))
+            }
+        }
+    }
+}
+
+impl From<TileError<StoreError>> for TreeError {
+    fn from(e: TileError<StoreError>) -> TreeError {
+        match e {
+            TileError::Source { error, .. } => TreeError::Store(error),
+            other => TreeError::Store(StoreError::Engine(other.to_string())),
+        }
+    }
+}
+
+/// The tree of a ledger: its writer (the flusher's) and its published head.
+#[derive(Debug)]
+pub(crate) struct DurableTree {
+    writer: Mutex<TileWriter>,
+    published: Mutex<TreeHead>,
+}
+
+fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl DurableTree {
+    /// The tree of a store of `len` entries, from its tiles.
+    pub(crate) fn open(store: &dyn LedgerStore, len: u64) -> Result<DurableTree, StoreError> {
+        let writer = TileWriter::resume(store, len)?;
+        let head = TreeHead {
+            size: writer.size(),
+            root: writer.root(),
+        };
+        Ok(DurableTree {
+            writer: Mutex::new(writer),
+            published: Mutex::new(head),
+        })
+    }
+
+    /// Adds a batch's entries to the tree; returns the tile records to
+    /// append with them.
+    pub(crate) fn stage(&self, entries: &[Entry]) -> Result<Vec<SideRecord>, String> {
+        let mut hashes = Vec::with_capacity(entries.len());
+        for e in entries {
+            hashes.push(
+                crate::chain::decode_hex(e.entry_hash.as_bytes())
+                    .ok_or_else(|| format!("entry {} has no hex entry_hash", e.ledger_seq))?,
+            );
+        }
+        let mut writer = relock(&self.writer);
+        if let Some(first) = entries.first()
+            && first.ledger_seq != writer.size()
+        {
+            return Err(format!(
+                "entry {} does not continue the tree of {} leaves",
+                first.ledger_seq,
+                writer.size()
+            ));
+        }
+        Ok(writer.append(hashes))
+    }
+
+    /// Publishes the head of everything staged: call once it is durable.
+    pub(crate) fn publish(&self) {
+        let head = {
+            let writer = relock(&self.writer);
+            TreeHead {
+                size: writer.size(),
+                root: writer.root(),
+            }
+        };
+        let mut published = relock(&self.published);
+        if head.size >= published.size {
+            *published = head;
+        }
+    }
+
+    /// The published head (every entry under it is durable).
+    pub(crate) fn head(&self) -> TreeHead {
+        *relock(&self.published)
+    }
+}
+
+impl Ledger {
+    /// The Merkle tree head of the durable entries: what `GET /v1/checkpoint`
+    /// signs. Every acknowledged entry is under it.
+    pub fn tree_head(&self) -> TreeHead {
+        self.inner.tree.head()
+    }
+
+    /// The published head, with `size` checked against it.
+    fn head_covering(&self, size: u64, what: &str) -> Result<TreeHead, TreeError> {
+        let head = self.tree_head();
+        if size > head.size {
+            return Err(TreeError::OutOfRange(format!(
+                "{what} {size} is past the tree of the {} acknowledged entries",
+                head.size
+            )));
+        }
+        Ok(head)
+    }
+
+    /// The tree head of the first `size` entries (at most the published head).
+    pub fn tree_root_at(&self, size: u64) -> Result<Hash, TreeError> {
+        let head = self.head_covering(size, "tree size")?;
+        if size == head.size {
+            return Ok(head.root);
+        }
+        Ok(tree_root(size, &store_nodes(self.store()))?)
+    }
+
+    /// The leaf hash of entry `seq` and its inclusion proof in the tree of
+    /// `size` entries (RFC 9162 §2.1.3.1), from the stored tiles.
+    pub fn inclusion(&self, seq: u64, size: u64) -> Result<(Hash, Vec<Hash>), TreeError> {
+        self.head_covering(size, "tree_size")?;
+        let nodes = store_nodes(self.store());
+        let proof = inclusion_proof(seq, size, &nodes)?;
+        let leaf = nodes.read_nodes(&[NodeId::new(0, seq)])?;
+        Ok((leaf[0], proof))
+    }
+
+    /// The consistency proof from the tree of `from` entries to the tree of
+    /// `to` entries (RFC 9162 §2.1.4.1), from the stored tiles.
+    pub fn consistency(&self, from: u64, to: u64) -> Result<Vec<Hash>, TreeError> {
+        self.head_covering(to, "to_size")?;
+        Ok(consistency_proof(from, to, &store_nodes(self.store()))?)
+    }
+}
