@@ -88,6 +88,10 @@ pub struct Metrics {
     pub cluster_policy_rejected: Gauge,
     /// Cluster: shared policy objects applied (recorded updates).
     pub cluster_policy_updates: Counter,
+    /// Cluster: peers' checkpoints cosigned and delivered.
+    pub cluster_witness_cosigned: Counter,
+    /// Cluster: peers whose latest checkpoint this instance refuses to cosign.
+    pub cluster_witness_refused: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -232,6 +236,18 @@ impl Metrics {
             "Shared policy objects applied and recorded",
             cluster_policy_updates.clone(),
         );
+        let cluster_witness_cosigned = Counter::default();
+        registry.register(
+            "cluster_witness_cosigned",
+            "Peers' checkpoints this instance cosigned and delivered",
+            cluster_witness_cosigned.clone(),
+        );
+        let cluster_witness_refused = Gauge::default();
+        registry.register(
+            "cluster_witness_refused",
+            "Peers whose latest checkpoint this instance refuses to cosign (it does not verify or does not extend what it cosigned)",
+            cluster_witness_refused.clone(),
+        );
         Metrics {
             registry,
             refresh: std::sync::Mutex::new(Vec::new()),
@@ -256,6 +272,8 @@ impl Metrics {
             cluster_reads,
             cluster_policy_rejected,
             cluster_policy_updates,
+            cluster_witness_cosigned,
+            cluster_witness_refused,
         }
     }
 

@@ -951,6 +951,7 @@ fn the_deploy_examples_are_what_the_commands_make_and_are_valid() {
                 instance: n,
                 advertise_url: format!("http://10.0.0.{n}:8080"),
                 verifier_key: None,
+                witness_key: None,
                 started_at: 0,
                 ledger_genesis: String::new(),
                 software_version: String::new(),

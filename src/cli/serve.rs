@@ -179,10 +179,15 @@ async fn run(config: Config, rotate_signing_key: bool) -> CliResult {
     // the cluster's policy, and a set halt flag halts it first.
     let cluster = match &config.cluster {
         Some(c) => {
-            let cluster =
-                crate::cluster::join::join_configured(c, &config.kernel_id, local, ledger.clone())
-                    .await
-                    .map_err(|e| CliError::unusable(format!("refusing to start: {e}")))?;
+            let cluster = crate::cluster::join::join_configured(
+                c,
+                &config.kernel_id,
+                &config.data_dir,
+                local,
+                ledger.clone(),
+            )
+            .await
+            .map_err(|e| CliError::unusable(format!("refusing to start: {e}")))?;
             cluster.start(shutdown_rx.clone());
             tracing::info!(cluster = %c.id, kernel_id = %config.kernel_id, poll_interval_ms = c.poll_interval.as_millis() as u64, "cluster member");
             Some(cluster)

@@ -45,6 +45,13 @@ pub enum ClusterError {
     /// The settings do not allow this (e.g. serving without an instance number).
     #[error("{0}")]
     Settings(String),
+    /// A cosignature was offered by a key that is not the witness key of
+    /// another member of the cluster.
+    #[error("{0}")]
+    NotWitness(String),
+    /// A cosignature that cannot be added (bad signature, unknown size, …).
+    #[error("{0}")]
+    Cosignature(String),
     /// Recording what the control plane said failed.
     #[error(transparent)]
     Ledger(#[from] LedgerError),

@@ -235,6 +235,7 @@ mod tests {
             force_path_style: true,
             poll_interval: std::time::Duration::from_millis(100),
             advertise_url: None,
+            peer_token: None,
         };
         let s3 = aws_sdk_s3::Client::from_conf(
             aws_sdk_s3::Config::builder()
@@ -249,6 +250,7 @@ mod tests {
             instance: 1,
             advertise_url: "http://127.0.0.1:1".into(),
             verifier_key: None,
+            witness_key: None,
         };
         Cluster::new(config, identity, plane, ledger)
     }

@@ -194,6 +194,7 @@ mod tests {
             instance: 1,
             advertise_url: url.into(),
             verifier_key: None,
+            witness_key: None,
             started_at: 0,
             ledger_genesis: String::new(),
             software_version: String::new(),

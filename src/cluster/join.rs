@@ -16,6 +16,7 @@ use serde_json::json;
 use super::error::ClusterError;
 use super::member::{self, Claimed, MemberRecord};
 use super::objects::ControlPlane;
+use super::witness::{WitnessState, Witnessed};
 use super::{Cluster, Identity};
 use crate::config::ClusterConfig;
 use crate::ledger::{Clock, Ledger, SystemClock};
@@ -28,6 +29,7 @@ pub async fn join(
     identity: Identity,
     plane: ControlPlane,
     ledger: Ledger,
+    witnessed: Witnessed,
 ) -> Result<Cluster, ClusterError> {
     let state = ledger.state();
     let first = match &state.cluster {
@@ -49,11 +51,13 @@ pub async fn join(
         instance: identity.instance,
         advertise_url: identity.advertise_url.clone(),
         verifier_key: identity.verifier_key.clone(),
+        witness_key: identity.witness_key.clone(),
         started_at: SystemClock.now_ms(),
         ledger_genesis: genesis,
         software_version: env!("CARGO_PKG_VERSION").into(),
     };
     let cluster = Cluster::new(config.clone(), identity, plane, ledger);
+    *Cluster::lock(&cluster.inner.witness) = WitnessState::new(witnessed);
     match member::claim(cluster.plane(), &record).await {
         Ok(claimed) => {
             tracing::info!(cluster = %config.id, key = %cluster.inner.member_key, created = claimed == Claimed::Created, "member object written");
@@ -136,11 +140,14 @@ pub async fn claim_pending(cluster: &Cluster) -> Result<(), ClusterError> {
 /// The join of `kernels serve`: this instance's identity from the settings
 /// (its kernel id, instance number, advertised URL — by default `http://`
 /// and the address it is bound to — and the verifier key of the ledger's
-/// checkpoint signing key, configured `signing.key_file` or the data dir's),
-/// a control-plane client, then [`join`].
+/// checkpoint signing key, configured `signing.key_file` or the data dir's,
+/// and its witness key), what it cosigned of its peers
+/// (`<data_dir>/cluster-witnessed.json`), a control-plane client, then
+/// [`join`].
 pub async fn join_configured(
     config: &ClusterConfig,
     kernel_id: &str,
+    data_dir: &std::path::Path,
     bound: std::net::SocketAddr,
     ledger: Ledger,
 ) -> Result<Cluster, ClusterError> {
@@ -165,11 +172,13 @@ pub async fn join_configured(
         instance,
         advertise_url,
         verifier_key: ledger.verifier_key().map(ToString::to_string),
+        witness_key: ledger.witness_key().map(|k| k.to_string()),
     };
+    let witnessed = Witnessed::load(data_dir)?;
     let timeout = config.poll_interval.clamp(
         std::time::Duration::from_secs(2),
         std::time::Duration::from_secs(30),
     );
     let plane = ControlPlane::connect(config, timeout).await;
-    join(config, identity, plane, ledger).await
+    join(config, identity, plane, ledger, witnessed).await
 }

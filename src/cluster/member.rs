@@ -34,6 +34,10 @@ pub struct MemberRecord {
     /// Its checkpoint verifier key (C2SP note format): the key its signed
     /// checkpoints (`GET /v1/checkpoint`) verify with.
     pub verifier_key: Option<String>,
+    /// Its witness key (`cosignature/v1`, C2SP note format): the key of the
+    /// cosignatures it adds to its peers' checkpoints.
+    #[serde(default)]
+    pub witness_key: Option<String>,
     /// When this instance started (unix ms).
     pub started_at: u64,
     /// `entry_hash` of its ledger's first entry: which ledger holds this name.
@@ -157,6 +161,7 @@ mod tests {
             instance: 2,
             advertise_url: "http://10.0.0.2:8080".into(),
             verifier_key: None,
+            witness_key: None,
             started_at: 1_700_000_000_000,
             ledger_genesis: "ab".repeat(32),
             software_version: "0.1.0".into(),

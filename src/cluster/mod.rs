@@ -6,7 +6,8 @@
 //! its member object and records `kernel.cluster_join` (first start) or
 //! refreshes it ([`join`]); then one worker ([`worker`]) polls the control
 //! plane every `cluster.poll_interval` and runs its jobs in turn — the halt
-//! flag ([`halt`]) and the shared policy ([`policy`]) — each of which turns
+//! flag ([`halt`]), the shared policy ([`policy`]) and peer witnessing
+//! ([`witness`]) — each of which turns
 //! what it learns into ordinary recorded entries through the same ledger
 //! calls an operator's HTTP request uses. The control plane being down never
 //! stops a decision: the instance keeps its last recorded policy and says
@@ -19,6 +20,8 @@
 //! * [`worker`] — the poll loop and its jobs; control-plane reachability
 //! * [`halt`] — the cluster halt flag and the job that obeys it
 //! * [`policy`] — the shared policy object and the job that applies it
+//! * [`witness`] — peer witnessing: the job that cosigns peers'
+//!   checkpoints, and adding the cosignatures peers deliver
 //! * [`status`] — `kernels cluster status`: every member, drift, health
 //! * [`haproxy`] — a load balancer configuration for the members
 //! * [`error`] — the layer's error
@@ -31,6 +34,7 @@ pub mod member;
 pub mod objects;
 pub mod policy;
 pub mod status;
+pub mod witness;
 pub mod worker;
 
 use std::future::Future;
@@ -58,6 +62,8 @@ pub struct Identity {
     pub advertise_url: String,
     /// Its checkpoint verifier key, when it has one.
     pub verifier_key: Option<String>,
+    /// Its witness key (cosignatures of its peers' checkpoints), when it has one.
+    pub witness_key: Option<String>,
 }
 
 struct Inner {
@@ -73,6 +79,7 @@ struct Inner {
     worker: Mutex<worker::WorkerState>,
     halt: Mutex<halt::HaltState>,
     policy: Mutex<policy::PolicyState>,
+    witness: Mutex<witness::WitnessState>,
     /// Wakes the worker for an immediate poll.
     wake: tokio::sync::Notify,
     stopped: tokio::sync::Notify,
@@ -116,6 +123,7 @@ impl Cluster {
                 worker: Mutex::new(worker::WorkerState::default()),
                 halt: Mutex::new(halt::HaltState::default()),
                 policy: Mutex::new(policy::PolicyState::default()),
+                witness: Mutex::new(witness::WitnessState::default()),
                 wake: tokio::sync::Notify::new(),
                 stopped: tokio::sync::Notify::new(),
                 done: AtomicBool::new(false),
@@ -221,11 +229,14 @@ impl Cluster {
             "member_key": self.inner.member_key,
             "advertise_url": id.advertise_url,
             "verifier_key": id.verifier_key,
+            "witness_key": id.witness_key,
             "poll_interval_ms": self.inner.config.poll_interval.as_millis() as u64,
             "member_object_pending": Self::lock(&self.inner.claim).is_some(),
             "control_plane": Self::lock(&self.inner.worker).to_value(&self.inner.plane),
             "halt_flag": Self::lock(&self.inner.halt).to_value(),
             "policy": Self::lock(&self.inner.policy).to_value(),
+            "witness": Self::lock(&self.inner.witness)
+                .to_value(self.inner.config.peer_token.is_some() && id.witness_key.is_some()),
         })
     }
 
@@ -256,5 +267,9 @@ impl crate::service::ClusterControl for Cluster {
         reason: String,
     ) -> Pin<Box<dyn Future<Output = Result<Value, ClusterError>> + Send + '_>> {
         Box::pin(async move { Cluster::leave(self, &actor, &reason).await })
+    }
+
+    fn add_cosignature(&self, witness_key: &str, checkpoint: &str) -> Result<Value, ClusterError> {
+        witness::accept(self, witness_key, checkpoint)
     }
 }

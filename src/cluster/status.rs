@@ -53,6 +53,9 @@ pub struct MemberView {
     pub policy_rejected: bool,
     /// Whether it runs another policy than the reference.
     pub drift: bool,
+    /// The peers whose checkpoint it refuses to cosign, and why
+    /// (`prod-003: …`): a peer that rewrote its history, or forged one.
+    pub witness_refusals: Vec<String>,
     /// What is wrong with it (empty: healthy).
     pub problems: Vec<String>,
 }
@@ -143,6 +146,15 @@ pub async fn ask(
         view.last_rotation = Some(s["last_rotation"].clone()).filter(|v| !v.is_null());
         view.control_plane_reachable = s["cluster"]["control_plane"]["reachable"].as_bool();
         view.policy_rejected = !s["cluster"]["policy"]["rejected"].is_null();
+        if let Some(peers) = s["cluster"]["witness"]["peers"].as_object() {
+            for (peer, v) in peers {
+                if let Some(why) = v["refused"].as_str() {
+                    view.witness_refusals.push(format!("{peer}: {why}"));
+                    view.problems
+                        .push(format!("refuses to cosign {peer}'s checkpoint: {why}"));
+                }
+            }
+        }
         if s["cluster"]["member"] == Value::Bool(false) {
             view.problems
                 .push("it has left the cluster but its member object is listed".into());

@@ -7,9 +7,7 @@
 //! what it saw (for the status) in its own state beside the others in the
 //! handle. The jobs run in the order of [`JOBS`]: a member claim still
 //! pending from the start, then the halt flag (safety first), then the
-//! shared policy. Witnessing peers' checkpoints is meant to be the next
-//! entry of [`JOBS`] (`("witness", |c| Box::pin(witness::poll(c)))`, its
-//! state a `Mutex` beside `halt` and `policy` in the handle).
+//! shared policy, then witnessing peers' checkpoints.
 //!
 //! Whether the control plane is reachable is decided here, from the jobs'
 //! answers: any job that could not reach it makes the poll a failure
@@ -24,7 +22,7 @@ use serde_json::{Value, json};
 
 use super::error::ClusterError;
 use super::objects::ControlPlane;
-use super::{Cluster, halt, join, policy};
+use super::{Cluster, halt, join, policy, witness};
 use crate::ledger::{Clock, SystemClock};
 
 /// One job of a poll.
@@ -36,6 +34,7 @@ pub const JOBS: &[(&str, JobFn)] = &[
     ("member", |c| Box::pin(join::claim_pending(c))),
     ("halt", |c| Box::pin(halt::poll(c))),
     ("policy", |c| Box::pin(policy::poll(c))),
+    ("witness", |c| Box::pin(witness::poll(c))),
 ];
 
 /// What the worker knows about the control plane.

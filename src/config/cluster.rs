@@ -42,6 +42,10 @@ pub struct RawCluster {
     /// The URL other members, the CLI and the load balancer reach this
     /// instance at (default: `http://` + the bound listen address).
     pub advertise_url: Option<String>,
+    /// A token every member accepts (the auditor role is enough): with it
+    /// this instance witnesses its peers' checkpoints (default: none, no
+    /// witnessing).
+    pub peer_token: Option<String>,
 }
 
 /// The validated cluster settings.
@@ -66,6 +70,9 @@ pub struct ClusterConfig {
     pub poll_interval: Duration,
     /// The URL this instance is reached at, when configured.
     pub advertise_url: Option<String>,
+    /// The token this instance presents to its peers to witness their
+    /// checkpoints; `None`: it does not witness.
+    pub peer_token: Option<String>,
 }
 
 impl ClusterConfig {
@@ -108,6 +115,7 @@ pub(super) fn from_raw(
         ("KERNELS_CLUSTER_REGION", &mut raw.region),
         ("KERNELS_CLUSTER_ENDPOINT", &mut raw.endpoint),
         ("KERNELS_CLUSTER_ADVERTISE_URL", &mut raw.advertise_url),
+        ("KERNELS_CLUSTER_PEER_TOKEN", &mut raw.peer_token),
     ] {
         if let Some(v) = env(var) {
             *slot = Some(v);
@@ -202,6 +210,7 @@ pub(super) fn from_raw(
             .unwrap_or(false),
         poll_interval,
         advertise_url,
+        peer_token: raw.peer_token.filter(|t| !t.is_empty()),
     }))
 }
 

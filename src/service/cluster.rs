@@ -39,6 +39,9 @@ pub trait ClusterControl: Send + Sync + 'static {
         actor: String,
         reason: String,
     ) -> Pin<Box<dyn Future<Output = Result<Value, ClusterError>> + Send + '_>>;
+    /// Adds a peer's cosignature (by `witness_key`, in `checkpoint`) to
+    /// this ledger's checkpoint (`POST /v1/checkpoint/cosignatures`).
+    fn add_cosignature(&self, witness_key: &str, checkpoint: &str) -> Result<Value, ClusterError>;
 }
 
 impl From<ClusterError> for ApiError {
@@ -51,6 +54,8 @@ impl From<ClusterError> for ApiError {
             ClusterError::NotMember(m) => ApiError::conflict("not_a_member", m),
             ClusterError::Settings(m) => ApiError::bad_request("invalid_request", m),
             ClusterError::Ledger(e) => e.into(),
+            ClusterError::NotWitness(m) => ApiError::forbidden(m),
+            ClusterError::Cosignature(m) => ApiError::conflict("cosignature_refused", m),
             other => ApiError::conflict("cluster_conflict", other.to_string()),
         }
     }
@@ -107,6 +112,30 @@ pub(super) fn check_cluster_recovery(state: &AppState, actor: &str) -> Result<()
         )),
         _ => Ok(()),
     }
+}
+
+/// `POST /v1/checkpoint/cosignatures`: a peer delivers its cosignature of
+/// this instance's checkpoint (`{"witness_key": "<cosignature/v1 key>",
+/// "checkpoint": "<the checkpoint with the cosignature>"}`). Only the
+/// witness key of another member of the cluster is accepted (403), and
+/// only a cosignature that verifies over one of the ledger's recent
+/// checkpoints (409 `cosignature_refused`); the checkpoint is then served
+/// with it.
+#[utoipa::path(post, path = "/v1/checkpoint/cosignatures", request_body(content = super::openapi::Object), responses((status = 200, description = "{size, witness, signatures}"), (status = 400, body = super::error::ErrorBody), (status = 403, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn add_cosignature(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let field = |name: &str| {
+        body.get(name).and_then(Value::as_str).ok_or_else(|| {
+            ApiError::bad_request("invalid_request", format!("{name} (a string) is required"))
+        })
+    };
+    let (witness_key, checkpoint) = (field("witness_key")?, field("checkpoint")?);
+    let cluster = state.cluster().ok_or_else(|| {
+        ApiError::conflict("not_a_member", "no cluster is configured for this kernel")
+    })?;
+    Ok(Json(cluster.add_cosignature(witness_key, checkpoint)?))
 }
 
 /// `POST /v1/cluster/leave`: take this instance out of its cluster —

@@ -198,6 +198,7 @@ pub const ROUTES: &[&str] = &[
     "/v1/cluster/leave",
     "/v1/checkpoint",
     "/v1/checkpoint/key",
+    "/v1/checkpoint/cosignatures",
     "/v1/proofs/inclusion",
     "/v1/proofs/consistency",
     "/v1/openapi.json",
@@ -222,6 +223,7 @@ pub fn router(state: AppState) -> Router {
         .route("/cluster/leave", post(cluster::leave))
         .route("/checkpoint", get(proofs::checkpoint))
         .route("/checkpoint/key", get(proofs::checkpoint_key))
+        .route("/checkpoint/cosignatures", post(cluster::add_cosignature))
         .route("/proofs/inclusion", get(proofs::inclusion))
         .route("/proofs/consistency", get(proofs::consistency))
         .route("/openapi.json", get(openapi::document))

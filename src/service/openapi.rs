@@ -217,6 +217,7 @@ impl Modify for BearerAuth {
         super::api::rotate,
         super::api::verify,
         super::cluster::leave,
+        super::cluster::add_cosignature,
         super::agents::allowed,
         super::agents::outcomes,
         super::proofs::checkpoint,
