@@ -208,7 +208,7 @@ pub async fn poll(c: &Cluster) -> Result<(), ClusterError> {
             .peers
             .retain(|id, _| peers.iter().any(|p| &p.kernel_id == id));
     }
-    let Some(token) = c.config().peer_token.clone() else {
+    let Some(token) = c.config().peer_token.as_ref().map(|t| t.0.clone()) else {
         return Ok(());
     };
     let http = reqwest::Client::builder()

@@ -72,7 +72,17 @@ pub struct ClusterConfig {
     pub advertise_url: Option<String>,
     /// The token this instance presents to its peers to witness their
     /// checkpoints; `None`: it does not witness.
-    pub peer_token: Option<String>,
+    pub peer_token: Option<PeerToken>,
+}
+
+/// `cluster.peer_token`: a secret, never printed (`Debug` shows no token).
+#[derive(Clone, PartialEq, Eq)]
+pub struct PeerToken(pub String);
+
+impl std::fmt::Debug for PeerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerToken(<redacted>)")
+    }
 }
 
 impl ClusterConfig {
@@ -210,7 +220,7 @@ pub(super) fn from_raw(
             .unwrap_or(false),
         poll_interval,
         advertise_url,
-        peer_token: raw.peer_token.filter(|t| !t.is_empty()),
+        peer_token: raw.peer_token.filter(|t| !t.is_empty()).map(PeerToken),
     }))
 }
 
@@ -273,6 +283,29 @@ mod tests {
         assert_eq!(c.prefix, "kernels-archive");
         assert_eq!(c.poll_interval, Duration::from_secs(5));
         assert_eq!(c.advertise_url.as_deref(), Some("http://10.0.0.2:8080"));
+    }
+
+    #[test]
+    fn the_peer_token_comes_from_the_file_or_env_and_is_never_printed() {
+        let yaml = "cluster: {id: prod, instance: 1, bucket: b, peer_token: from-file}\n";
+        let c = load(yaml, &[], &Overrides::default())
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert_eq!(c.peer_token, Some(PeerToken("from-file".into())));
+        let env = [("KERNELS_CLUSTER_PEER_TOKEN", "from-env")];
+        let c = load(yaml, &env, &Overrides::default())
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert_eq!(c.peer_token, Some(PeerToken("from-env".into())));
+        assert!(!format!("{c:?}").contains("from-env"), "{c:?}");
+        let none = load(
+            "cluster: {id: prod, bucket: b}\n",
+            &[],
+            &Overrides::default(),
+        );
+        assert_eq!(none.unwrap().cluster.unwrap().peer_token, None);
     }
 
     #[test]

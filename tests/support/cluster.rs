@@ -1,5 +1,6 @@
 //! A cluster of real `kernels serve` processes on 127.0.0.1 that share a
-//! control plane in moto's S3 server: the fixture of `tests/cluster.rs`.
+//! control plane in moto's S3 server: the fixture of `tests/cluster.rs`
+//! and `tests/cluster_witness.rs`.
 //!
 //! Every member gets its own data dir under one temp dir, the cluster
 //! settings through `KERNELS_CLUSTER_*` (a short poll interval), and the
