@@ -3,7 +3,8 @@
 //! (README.md, "A cluster of kernels"; docs/proofs.md, "Witnesses").
 //!
 //! One job of the poll worker ([`poll`]): it reads the member list and,
-//! for each peer, fetches its checkpoint (`GET <advertise_url>/v1/checkpoint`
+//! for each peer (all at once, each call bounded by the poll interval
+//! between 1 s and 5 s), fetches its checkpoint (`GET <advertise_url>/v1/checkpoint`
 //! with `cluster.peer_token`), verifies it with the `verifier_key` of the
 //! peer's member record, and checks that it extends the last checkpoint of
 //! that peer this instance cosigned (the same size and root, or a
@@ -213,14 +214,21 @@ pub async fn poll(c: &Cluster) -> Result<(), ClusterError> {
     };
     let http = reqwest::Client::builder()
         .timeout(c.config().poll_interval.clamp(
-            std::time::Duration::from_secs(2),
-            std::time::Duration::from_secs(30),
+            std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(5),
         ))
         .build()
         .map_err(|e| ClusterError::Settings(format!("an HTTP client for witnessing: {e}")))?;
     let metrics = c.ledger().metrics().clone();
-    for peer in &peers {
-        let outcome = witness(c, &http, &token, &own_witness, peer).await;
+    // All peers at once, each bounded by the timeout: a hung peer delays
+    // the next poll (and its halt-flag read) by one short timeout at most.
+    let outcomes = futures::future::join_all(
+        peers
+            .iter()
+            .map(|peer| witness(c, &http, &token, &own_witness, peer)),
+    )
+    .await;
+    for (peer, outcome) in peers.iter().zip(outcomes) {
         let now = SystemClock.now_ms();
         let mut state = Cluster::lock(&c.inner.witness);
         let view = state.peers.entry(peer.kernel_id.clone()).or_default();
