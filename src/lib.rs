@@ -35,6 +35,8 @@
 //! * [`evidence`] — exports of a ledger and preserved evidence for incidents
 //! * [`rotator`] — archives to S3 and the forensic path back from them
 //! * [`alerts`] — the webhook that hears about halts, failures and updates
+//! * [`cluster`] — a cluster of kernels: membership, the shared control
+//!   plane in S3 (policy, halt flag) and its worker, status, load balancer
 //! * [`service`] — the HTTP API (axum): handlers, auth, errors, connection
 //!   limits, OpenAPI
 //! * [`config`] — the configuration: file, `KERNELS_*` environment, flags
@@ -53,6 +55,7 @@ pub mod canonical;
 pub mod chain;
 pub mod checkpoint;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod entry;
 pub mod evidence;

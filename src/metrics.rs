@@ -1,7 +1,8 @@
 //! Prometheus metrics of the service, in one registry.
 //!
 //! The ledger records decisions and commits, the rotator its runs, the alert
-//! worker its deliveries, the HTTP layer its requests; `GET /metrics` renders them all as Prometheus text.
+//! worker its deliveries, the cluster worker its control-plane reads, the
+//! HTTP layer its requests; `GET /metrics` renders them all as Prometheus text.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -26,6 +27,16 @@ pub struct HttpLabels {
     pub route: String,
     /// Status code.
     pub code: String,
+}
+
+/// Labels of a read of the cluster's control plane.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterReadLabels {
+    /// `policy` or `halt_flag`.
+    pub object: String,
+    /// `changed`, `not_modified` (304), `unchanged` (same ETag sent again),
+    /// `missing` or `error`.
+    pub result: String,
 }
 
 /// A function that refreshes derived gauges just before a render.
@@ -69,6 +80,18 @@ pub struct Metrics {
     pub alerts_failed: Counter,
     /// Alerts dropped because the alert queue was full.
     pub alerts_dropped: Counter,
+    /// Cluster: 1 while the control plane answered the last poll, 0 while not.
+    pub cluster_control_plane_up: Gauge,
+    /// Cluster: control-plane reads by object and result.
+    pub cluster_reads: Family<ClusterReadLabels, Counter>,
+    /// Cluster: 1 while the shared policy object is refused (invalid).
+    pub cluster_policy_rejected: Gauge,
+    /// Cluster: shared policy objects applied (recorded updates).
+    pub cluster_policy_updates: Counter,
+    /// Cluster: peers' checkpoints cosigned and delivered.
+    pub cluster_witness_cosigned: Counter,
+    /// Cluster: peers whose latest checkpoint this instance refuses to cosign.
+    pub cluster_witness_refused: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -189,6 +212,42 @@ impl Metrics {
             "Alerts dropped because the alert queue was full",
             alerts_dropped.clone(),
         );
+        let cluster_control_plane_up = Gauge::default();
+        registry.register(
+            "cluster_control_plane_up",
+            "1 while the cluster's control plane (S3) answered the last poll",
+            cluster_control_plane_up.clone(),
+        );
+        let cluster_reads = Family::<ClusterReadLabels, Counter>::default();
+        registry.register(
+            "cluster_reads",
+            "Reads of the cluster's control plane, by object and result",
+            cluster_reads.clone(),
+        );
+        let cluster_policy_rejected = Gauge::default();
+        registry.register(
+            "cluster_policy_rejected",
+            "1 while the cluster's shared policy object is invalid (the running policy is kept)",
+            cluster_policy_rejected.clone(),
+        );
+        let cluster_policy_updates = Counter::default();
+        registry.register(
+            "cluster_policy_updates",
+            "Shared policy objects applied and recorded",
+            cluster_policy_updates.clone(),
+        );
+        let cluster_witness_cosigned = Counter::default();
+        registry.register(
+            "cluster_witness_cosigned",
+            "Peers' checkpoints this instance cosigned and delivered",
+            cluster_witness_cosigned.clone(),
+        );
+        let cluster_witness_refused = Gauge::default();
+        registry.register(
+            "cluster_witness_refused",
+            "Peers whose latest checkpoint this instance refuses to cosign (it does not verify or does not extend what it cosigned)",
+            cluster_witness_refused.clone(),
+        );
         Metrics {
             registry,
             refresh: std::sync::Mutex::new(Vec::new()),
@@ -209,6 +268,12 @@ impl Metrics {
             alerts_sent,
             alerts_failed,
             alerts_dropped,
+            cluster_control_plane_up,
+            cluster_reads,
+            cluster_policy_rejected,
+            cluster_policy_updates,
+            cluster_witness_cosigned,
+            cluster_witness_refused,
         }
     }
 

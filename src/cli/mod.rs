@@ -9,6 +9,7 @@
 
 mod archive;
 mod client;
+mod cluster;
 mod datadir;
 mod evidence;
 mod health;
@@ -131,6 +132,9 @@ pub enum Command {
     /// Verify an inclusion or consistency proof against its signed checkpoint.
     #[command(subcommand)]
     Proof(proofs::ProofCommand),
+    /// A cluster of kernels: shared policy, halt and recover, status, load balancer.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
     /// Run an MCP server (stdio) behind the kernel: every tools/call is decided first.
     McpProxy(mcp::McpProxyArgs),
 }
@@ -189,6 +193,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Keygen(args) => proofs::keygen(args),
         Command::Checkpoint(cmd) => proofs::checkpoint(cmd),
         Command::Proof(cmd) => proofs::proof(cmd),
+        Command::Cluster(cmd) => cluster::cluster(cmd),
         Command::McpProxy(args) => mcp::mcp_proxy(args),
     };
     match result {

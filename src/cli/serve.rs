@@ -1,4 +1,5 @@
-//! `kernels serve`: open the ledger, start the rotator, serve HTTP until a
+//! `kernels serve`: open the ledger, start the rotator, join the cluster
+//! (when one is configured) and start its worker, serve HTTP until a
 //! shutdown signal, then close cleanly.
 
 use std::path::PathBuf;
@@ -174,6 +175,25 @@ async fn run(config: Config, rotate_signing_key: bool) -> CliResult {
     let local = listener
         .local_addr()
         .map_err(|e| CliError::unusable(format!("cannot read the listen address: {e}")))?;
+    // A member joins before it serves: its first request is decided under
+    // the cluster's policy, and a set halt flag halts it first.
+    let cluster = match &config.cluster {
+        Some(c) => {
+            let cluster = crate::cluster::join::join_configured(
+                c,
+                &config.kernel_id,
+                &config.data_dir,
+                local,
+                ledger.clone(),
+            )
+            .await
+            .map_err(|e| CliError::unusable(format!("refusing to start: {e}")))?;
+            cluster.start(shutdown_rx.clone());
+            tracing::info!(cluster = %c.id, kernel_id = %config.kernel_id, poll_interval_ms = c.poll_interval.as_millis() as u64, "cluster member");
+            Some(cluster)
+        }
+        None => None,
+    };
     tracing::info!(listen = %local, "serving");
     eprintln!("kernels: serving on http://{local}");
 
@@ -191,6 +211,10 @@ async fn run(config: Config, rotate_signing_key: bool) -> CliResult {
     for server in &config.mcp.servers {
         tracing::info!(name = %server.name, url = %server.url, "fronting an MCP server at /mcp/{}", server.name);
     }
+    let state = match &cluster {
+        Some(c) => state.with_cluster(Arc::new(c.clone())),
+        None => state,
+    };
     let app = crate::service::router(state);
     // Serving ends on SIGTERM or Ctrl-C, once in-flight requests are answered.
     let limits = crate::service::ConnectionLimits {
@@ -204,6 +228,9 @@ async fn run(config: Config, rotate_signing_key: bool) -> CliResult {
     }
     if let Some(a) = &alerts {
         a.stopped().await;
+    }
+    if let Some(c) = &cluster {
+        c.stopped().await;
     }
     // A clean stop is an entry (a crash leaves none), halted or not: the
     // last one before the ledger closes.

@@ -8,6 +8,7 @@
 //! (`duration.rs`), every token secret read, and the policy file loaded;
 //! the `mcp:` section is checked in `mcp.rs`.
 
+mod cluster;
 mod duration;
 mod error;
 mod mcp;
@@ -18,6 +19,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use cluster::{ClusterConfig, MAX_INSTANCE, RawCluster};
 pub use duration::{MAX_DURATION, parse_duration};
 use duration::{count_setting, duration_setting};
 pub use error::ConfigError;
@@ -174,6 +176,8 @@ pub struct Config {
     pub verify_full_on_start: bool,
     /// Alerts, when a webhook is set.
     pub alerts: Option<crate::alerts::AlertsConfig>,
+    /// Cluster membership, when a cluster id is set.
+    pub cluster: Option<ClusterConfig>,
     /// The MCP servers fronted at `/mcp/{name}`.
     pub mcp: McpConfig,
     /// Checkpoint signing.
@@ -219,17 +223,11 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         let kernel = raw.kernel.unwrap_or_default();
-        let kernel_id = overrides
+        let explicit_kernel_id = overrides
             .kernel_id
             .clone()
             .or_else(|| env("KERNELS_KERNEL_ID"))
-            .or(kernel.id)
-            .unwrap_or_else(|| "kernel-001".into());
-        if kernel_id.trim().is_empty() || kernel_id.contains('/') || kernel_id.len() > 128 {
-            return Err(err(format!(
-                "kernel.id '{kernel_id}' must be 1-128 characters without '/'"
-            )));
-        }
+            .or(kernel.id);
         let variant_name = overrides
             .variant
             .clone()
@@ -428,6 +426,13 @@ impl Config {
             .unwrap_or_else(|| "kernels-archive".into())
             .trim_matches('/')
             .to_owned();
+        let cluster = cluster::from_raw(raw.cluster, &rotation_raw, &prefix, env)?;
+        let kernel_id = cluster::kernel_id(explicit_kernel_id, cluster.as_ref())?;
+        if kernel_id.trim().is_empty() || kernel_id.contains('/') || kernel_id.len() > 128 {
+            return Err(err(format!(
+                "kernel.id '{kernel_id}' must be 1-128 characters without '/'"
+            )));
+        }
         let rotation = rotation_raw
             .bucket
             .clone()
@@ -551,6 +556,7 @@ impl Config {
             checkpoint_every: storage.checkpoint_every.unwrap_or(10_000).max(1),
             verify_full_on_start,
             alerts,
+            cluster,
             mcp,
             signing,
         })

@@ -37,6 +37,8 @@ pub struct RawConfig {
     pub external_tools: Vec<String>,
     /// `alerts:` (ours): the webhook that hears about halts, failures, …
     pub alerts: Option<crate::alerts::RawAlerts>,
+    /// `cluster:`: membership of a cluster of kernels (`cluster.rs`).
+    pub cluster: Option<super::cluster::RawCluster>,
     /// `mcp:` (ours): MCP servers fronted at `/mcp/{name}`.
     pub mcp: Option<RawMcp>,
     /// `signing:`: the key that signs checkpoints, and the log's origin.

@@ -1,5 +1,6 @@
 //! Operational events: create, start, stop, policy update, halt, recover,
-//! rotate, preserve — each an entry of the same chain as the decisions.
+//! rotate, preserve, cluster join and leave — each an entry of the same
+//! chain as the decisions.
 //!
 //! An event entry names the event in `tool_name` (`kernel.<event>`), the
 //! operator (or `SYSTEM`) in `actor`, says what and why in `intent`, and stores
@@ -15,7 +16,7 @@ use super::state::{KernelState, event};
 use super::variant::Variant;
 use crate::entry::EntryBody;
 
-pub use super::state::event::{POLICY_FROM_API, POLICY_FROM_CONFIG};
+pub use super::state::event::{POLICY_FROM_API, POLICY_FROM_CLUSTER, POLICY_FROM_CONFIG};
 
 /// Why an operational event cannot happen now (nothing is recorded).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -42,6 +43,15 @@ pub enum EventError {
     /// far (range or link to the previous manifest).
     #[error("the manifest does not continue the archive: {0}")]
     Discontinuous(String),
+    /// A cluster join or leave that does not fit the recorded membership.
+    #[error("{0}")]
+    Membership(String),
+}
+
+/// The actor of what a cluster's control plane does to a member
+/// (`cluster:<id>`): its shared policy updates, halts and recoveries.
+pub fn cluster_actor(cluster_id: &str) -> String {
+    format!("cluster:{cluster_id}")
 }
 
 fn event_body(
@@ -197,16 +207,64 @@ impl KernelState {
         reason: &str,
         source: &str,
     ) -> Result<EntryBody, EventError> {
+        self.policy_update_with(now_ms, actor, policy, reason, source, None)
+    }
+
+    /// `kernel.policy_update` from cluster `cluster_id`'s shared policy
+    /// object (actor `cluster:<id>`); `object` says which one (its key,
+    /// `object_sha256`, ETag and version), kept under the payload's
+    /// `cluster` key.
+    pub fn cluster_policy_event(
+        &self,
+        now_ms: u64,
+        cluster_id: &str,
+        policy: &Policy,
+        reason: &str,
+        object: Value,
+    ) -> Result<EntryBody, EventError> {
+        if object
+            .get("object_sha256")
+            .and_then(Value::as_str)
+            .is_none()
+        {
+            return Err(EventError::Empty("object_sha256"));
+        }
+        let mut cluster = json!({ "id": cluster_id });
+        if let (Some(c), Some(o)) = (cluster.as_object_mut(), object.as_object()) {
+            c.extend(o.clone());
+        }
+        self.policy_update_with(
+            now_ms,
+            &cluster_actor(cluster_id),
+            policy,
+            reason,
+            POLICY_FROM_CLUSTER,
+            Some(cluster),
+        )
+    }
+
+    fn policy_update_with(
+        &self,
+        now_ms: u64,
+        actor: &str,
+        policy: &Policy,
+        reason: &str,
+        source: &str,
+        cluster: Option<Value>,
+    ) -> Result<EntryBody, EventError> {
         require_initialised(self)?;
         require_reason(reason)?;
         let version = self.policy_version + 1;
-        let payload = json!({
+        let mut payload = json!({
             "policy": policy.to_json(),
             "version": version,
             "previous_policy_hash": self.policy_hash,
             "reason": reason,
             "source": source,
         });
+        if let Some(cluster) = cluster {
+            payload["cluster"] = cluster;
+        }
         event_body(
             self,
             now_ms,
@@ -352,6 +410,88 @@ impl KernelState {
             format!("preserve evidence: {reason}"),
             self.state,
             record,
+        )
+    }
+
+    /// `kernel.cluster_join`: the instance joined cluster `cluster_id`
+    /// (first start as a member, or again after leaving); `detail` holds
+    /// its kernel id, advertised URL, member object key and the member
+    /// list it saw, and gets the cluster id added.
+    pub fn cluster_join_event(
+        &self,
+        now_ms: u64,
+        cluster_id: &str,
+        mut detail: Value,
+    ) -> Result<EntryBody, EventError> {
+        require_initialised(self)?;
+        if cluster_id.trim().is_empty() {
+            return Err(EventError::Empty("cluster id"));
+        }
+        match &self.cluster {
+            Some(c) if c.id == cluster_id => {
+                return Err(EventError::Membership(format!(
+                    "already a member of cluster {cluster_id} (joined at entry {})",
+                    c.joined_seq
+                )));
+            }
+            Some(c) => {
+                return Err(EventError::Membership(format!(
+                    "this ledger is a member of cluster {}, not {cluster_id}: `kernels cluster leave` it first",
+                    c.id
+                )));
+            }
+            None => {}
+        }
+        let members = detail
+            .get("members")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        let Some(map) = detail.as_object_mut() else {
+            return Err(EventError::Empty("join detail"));
+        };
+        map.insert("cluster_id".into(), json!(cluster_id));
+        let kernel_id = self.kernel_id.clone().unwrap_or_default();
+        event_body(
+            self,
+            now_ms,
+            event::CLUSTER_JOIN,
+            "SYSTEM",
+            format!("{kernel_id} joined cluster {cluster_id} ({members} member(s) seen)"),
+            self.state,
+            detail,
+        )
+    }
+
+    /// `kernel.cluster_leave`: `actor` took the instance out of its
+    /// cluster; `detail` says what was removed (the member object), and
+    /// gets the cluster id and the reason added.
+    pub fn cluster_leave_event(
+        &self,
+        now_ms: u64,
+        actor: &str,
+        reason: &str,
+        mut detail: Value,
+    ) -> Result<EntryBody, EventError> {
+        require_initialised(self)?;
+        require_reason(reason)?;
+        let Some(cluster) = &self.cluster else {
+            return Err(EventError::Membership(
+                "this kernel is not a member of a cluster".into(),
+            ));
+        };
+        let Some(map) = detail.as_object_mut() else {
+            return Err(EventError::Empty("leave detail"));
+        };
+        map.insert("cluster_id".into(), json!(cluster.id));
+        map.insert("reason".into(), json!(reason));
+        event_body(
+            self,
+            now_ms,
+            event::CLUSTER_LEAVE,
+            actor,
+            format!("left cluster {}: {reason}", cluster.id),
+            self.state,
+            detail,
         )
     }
 }

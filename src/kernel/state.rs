@@ -92,6 +92,26 @@ pub struct HaltMark {
     pub ts_ms: u64,
 }
 
+/// The cluster this kernel joined (its last `kernel.cluster_join`, unless
+/// a `kernel.cluster_leave` came after it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMark {
+    /// Cluster id.
+    pub id: String,
+    /// Seq of the `kernel.cluster_join` entry.
+    pub joined_seq: u64,
+}
+
+/// Which shared policy object of a cluster was applied last.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterPolicyMark {
+    /// SHA-256 of the object's bytes.
+    pub object_sha256: String,
+    /// The revision `kernels cluster policy put` gave it (each put has its
+    /// own, so putting the same file again is applied again).
+    pub revision: Option<String>,
+}
+
 /// Decision counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
@@ -144,6 +164,13 @@ pub struct KernelState {
     /// an unchanged file must not undo an operator's update.
     #[serde(default)]
     pub configured_policy_hash: Option<String>,
+    /// The cluster this kernel is a member of.
+    #[serde(default)]
+    pub cluster: Option<ClusterMark>,
+    /// The last shared policy object applied from the cluster (a restart
+    /// does not apply the same object again).
+    #[serde(default)]
+    pub cluster_policy: Option<ClusterPolicyMark>,
 }
 
 impl Default for KernelState {
@@ -164,6 +191,8 @@ impl Default for KernelState {
             last_halt: None,
             starts: 0,
             configured_policy_hash: None,
+            cluster: None,
+            cluster_policy: None,
         }
     }
 }
@@ -187,6 +216,12 @@ pub mod event {
     pub const POLICY_FROM_API: &str = "api";
     /// Policy source of the service configuration (policy file or built-in).
     pub const POLICY_FROM_CONFIG: &str = "config";
+    /// Policy source of a cluster's shared policy object.
+    pub const POLICY_FROM_CLUSTER: &str = "cluster";
+    /// The instance joined a cluster.
+    pub const CLUSTER_JOIN: &str = "kernel.cluster_join";
+    /// The instance left its cluster.
+    pub const CLUSTER_LEAVE: &str = "kernel.cluster_leave";
 
     /// The outcome of an externally run tool: an entry that shares its
     /// decision's request id (see `kernel/outcome.rs`).
@@ -325,8 +360,22 @@ impl KernelState {
                 let policy = Policy::from_json(p.get("policy").unwrap_or(&Value::Null))
                     .map_err(|e| bad(&e.to_string()))?;
                 self.policy_hash = Some(policy.hash());
-                if p.get("source").and_then(Value::as_str) == Some(event::POLICY_FROM_CONFIG) {
-                    self.configured_policy_hash = Some(policy.hash());
+                match p.get("source").and_then(Value::as_str) {
+                    Some(event::POLICY_FROM_CONFIG) => {
+                        self.configured_policy_hash = Some(policy.hash());
+                    }
+                    Some(event::POLICY_FROM_CLUSTER) => {
+                        let sha = p
+                            .pointer("/cluster/object_sha256")
+                            .and_then(Value::as_str)
+                            .ok_or_else(|| bad("no cluster.object_sha256"))?;
+                        let revision = p.pointer("/cluster/revision").and_then(Value::as_str);
+                        self.cluster_policy = Some(ClusterPolicyMark {
+                            object_sha256: sha.to_owned(),
+                            revision: revision.map(str::to_owned),
+                        });
+                    }
+                    _ => {}
                 }
                 self.policy = Some(policy);
                 self.policy_version += 1;
@@ -357,6 +406,20 @@ impl KernelState {
             }
             event::START => {
                 self.starts += 1;
+            }
+            event::CLUSTER_JOIN => {
+                let p = payload.ok_or_else(|| bad("missing payload"))?;
+                let id = p
+                    .get("cluster_id")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| bad("no cluster_id"))?;
+                self.cluster = Some(ClusterMark {
+                    id: id.to_owned(),
+                    joined_seq: entry.ledger_seq,
+                });
+            }
+            event::CLUSTER_LEAVE => {
+                self.cluster = None;
             }
             // kernel.preserve and events added later change no state.
             _ => {}

@@ -140,6 +140,9 @@ pub async fn status(
         .rotation()
         .map(|r| r.status())
         .unwrap_or(json!({"enabled": false}));
+    if let Some(cluster) = state.cluster() {
+        value["cluster"] = cluster.status();
+    }
     Ok(Json(value))
 }
 
@@ -247,7 +250,7 @@ fn fields_of<'b>(
     Ok(obj)
 }
 
-fn reason_of(body: &Value, allowed: &[&str]) -> Result<String, ApiError> {
+pub(super) fn reason_of(body: &Value, allowed: &[&str]) -> Result<String, ApiError> {
     fields_of(body, allowed)?
         .get("reason")
         .and_then(Value::as_str)
@@ -265,8 +268,9 @@ pub async fn halt(
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     principal.require(OPERATORS)?;
-    let reason = reason_of(&body, &["reason"])?;
-    let (entry, root_before) = state.ledger().halt(&principal.name, &reason).await?;
+    let reason = reason_of(&body, &["reason", "cluster"])?;
+    let actor = super::cluster::actor_of(&state, &principal, &body)?;
+    let (entry, root_before) = state.ledger().halt(&actor, &reason).await?;
     let receipt = Receipt::new(&entry, crate::kernel::Status::Accepted, None);
     Ok(Json(json!({
         "receipt": receipt,
@@ -283,8 +287,10 @@ pub async fn recover(
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     principal.require(OPERATORS)?;
-    let reason = reason_of(&body, &["reason"])?;
-    let entry = state.ledger().recover(&principal.name, &reason).await?;
+    let reason = reason_of(&body, &["reason", "cluster"])?;
+    let actor = super::cluster::actor_of(&state, &principal, &body)?;
+    super::cluster::check_cluster_recovery(&state, &actor)?;
+    let entry = state.ledger().recover(&actor, &reason).await?;
     // This recovery's own session (not whatever is current by now).
     let session = entry
         .payload

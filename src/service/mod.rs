@@ -7,6 +7,7 @@
 //!
 //! * [`api`] — the `/v1/` handlers, `/health`, `/ready`, `/metrics`
 //! * [`entries`] — `/v1/evidence` and `/v1/entries`: reading the chain
+//! * [`cluster`] — the cluster membership's routes and halt/recover actor
 //! * [`agents`] — what agents' proxies read (`/v1/policy/allowed`) and the
 //!   MCP front (`/mcp/{name}`)
 //! * [`proofs`] — `/v1/checkpoint` and `/v1/proofs/…`: provable history
@@ -18,6 +19,7 @@
 pub mod agents;
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod conn;
 pub mod entries;
 pub mod error;
@@ -40,6 +42,7 @@ use crate::ledger::Ledger;
 use crate::metrics::HttpLabels;
 use crate::rotator::run::{RotationError, RunAnswer, RunFailure};
 use auth::{Principal, TokenTable};
+pub use cluster::ClusterControl;
 pub use conn::{ConnectionLimits, serve_with};
 use error::ApiError;
 
@@ -83,6 +86,7 @@ struct AppInner {
     tokens: TokenTable,
     settings: ServiceSettings,
     rotation: Option<Arc<dyn RotationControl>>,
+    cluster: Option<Arc<dyn ClusterControl>>,
     mcp: crate::mcp::front::McpFront,
 }
 
@@ -106,7 +110,23 @@ impl AppState {
                 tokens,
                 settings,
                 rotation,
+                cluster: None,
                 mcp: crate::mcp::front::McpFront::default(),
+            }),
+        }
+    }
+
+    /// This state with the instance's cluster membership.
+    pub fn with_cluster(self, cluster: Arc<dyn ClusterControl>) -> AppState {
+        let inner = &self.inner;
+        AppState {
+            inner: Arc::new(AppInner {
+                ledger: inner.ledger.clone(),
+                tokens: inner.tokens.clone(),
+                settings: inner.settings.clone(),
+                rotation: inner.rotation.clone(),
+                mcp: inner.mcp.clone(),
+                cluster: Some(cluster),
             }),
         }
     }
@@ -121,8 +141,14 @@ impl AppState {
                 settings: inner.settings.clone(),
                 rotation: inner.rotation.clone(),
                 mcp,
+                cluster: inner.cluster.clone(),
             }),
         }
+    }
+
+    /// The cluster membership, when a cluster is configured.
+    pub fn cluster(&self) -> Option<&Arc<dyn ClusterControl>> {
+        self.inner.cluster.as_ref()
     }
 
     /// The MCP front.
@@ -169,8 +195,10 @@ pub const ROUTES: &[&str] = &[
     "/v1/preserve",
     "/v1/rotations",
     "/v1/verify",
+    "/v1/cluster/leave",
     "/v1/checkpoint",
     "/v1/checkpoint/key",
+    "/v1/checkpoint/cosignatures",
     "/v1/proofs/inclusion",
     "/v1/proofs/consistency",
     "/v1/openapi.json",
@@ -192,8 +220,10 @@ pub fn router(state: AppState) -> Router {
         .route("/preserve", post(api::preserve))
         .route("/rotations", get(api::rotations).post(api::rotate))
         .route("/verify", post(api::verify))
+        .route("/cluster/leave", post(cluster::leave))
         .route("/checkpoint", get(proofs::checkpoint))
         .route("/checkpoint/key", get(proofs::checkpoint_key))
+        .route("/checkpoint/cosignatures", post(cluster::add_cosignature))
         .route("/proofs/inclusion", get(proofs::inclusion))
         .route("/proofs/consistency", get(proofs::consistency))
         .route("/openapi.json", get(openapi::document))

@@ -97,6 +97,9 @@ pub struct StatusSchema {
     last_rotation: Option<Object>,
     /// Rotator state.
     rotation: Object,
+    /// A cluster member only: membership, control plane reachability, the
+    /// halt flag and the shared policy as this member sees them.
+    cluster: Option<Object>,
 }
 
 /// `PUT /v1/policy`.
@@ -117,6 +120,9 @@ pub struct PolicyUpdateSchema {
 pub struct ReasonSchema {
     /// Why (recorded).
     reason: String,
+    /// `POST /v1/halt` and `/v1/recover` only: this instance's cluster id,
+    /// when the cluster halts or recovers it (recorded as `cluster:<id>`).
+    cluster: Option<String>,
 }
 
 /// `POST /v1/preserve`.
@@ -210,6 +216,8 @@ impl Modify for BearerAuth {
         super::api::rotations,
         super::api::rotate,
         super::api::verify,
+        super::cluster::leave,
+        super::cluster::add_cosignature,
         super::agents::allowed,
         super::agents::outcomes,
         super::proofs::checkpoint,

@@ -9,6 +9,10 @@
 //! * [`s3`] — a real S3-compatible server (s3s-fs, in-process) on 127.0.0.1
 //! * [`moto`] — moto's S3 server (Object Lock) from the test venv, as a child
 //!   process on 127.0.0.1 with a port it picks itself
+//! * [`cluster`] — a cluster of `kernels serve` processes sharing a control
+//!   plane in moto's S3 server
+//! * [`haproxy`] — HAProxy as a child process (the load balancer in front
+//!   of a cluster)
 //! * [`gate`] — a TCP gate that forwards to a server or hangs (a hung store)
 //! * [`webhook`] — a webhook receiver (alerts)
 //! * [`ledger`] — a durable ledger in-process, and requests submitted to it
@@ -22,9 +26,11 @@
 
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod cluster;
 pub mod datadir;
 pub mod fs;
 pub mod gate;
+pub mod haproxy;
 pub mod http;
 pub mod ledger;
 pub mod mcp;

@@ -247,9 +247,23 @@ impl Server {
         config: &ServeConfig,
         env: &[(String, String)],
     ) -> Result<Server, StartFailure> {
+        Self::try_start_on(config, "127.0.0.1:0", env)
+    }
+
+    /// [`Server::try_start_env`] listening on `listen` (a fixed port, for
+    /// a restart on the same address).
+    pub fn try_start_on(
+        config: &ServeConfig,
+        listen: &str,
+        env: &[(String, String)],
+    ) -> Result<Server, StartFailure> {
+        let mut args = config.args();
+        if let Some(slot) = args.iter().position(|a| a == "--listen") {
+            args[slot + 1] = listen.to_owned();
+        }
         let mut cmd = command(&config.cwd);
         cmd.envs(env.iter().map(|(k, v)| (k, v)));
-        cmd.args(config.args())
+        cmd.args(args)
             .env("KERNELS_OPERATOR_TOKEN", OPERATOR)
             .env("KERNELS_AUDITOR_TOKEN", AUDITOR)
             .env("KERNELS_AGENT_TOKEN", AGENT)
