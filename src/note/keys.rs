@@ -126,27 +126,12 @@ pub struct Verified {
 impl VerifierKey {
     /// Parses `<name>+<key id>+<base64(type ‖ public key)>`.
     pub fn parse(text: &str) -> Result<VerifierKey, KeyError> {
-        let bad = |reason| KeyError::Malformed {
-            what: "verifier key",
-            reason,
-        };
-        let mut parts = text.splitn(3, '+');
-        let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(bad("expected <name>+<key id>+<key>"));
-        };
-        if !is_valid_name(name) {
-            return Err(KeyError::InvalidName(name.to_owned()));
-        }
-        let stated = parse_key_id(id).ok_or(bad("the key id is not 8 hex digits"))?;
-        let bytes = BASE64
-            .decode(key)
-            .map_err(|_| bad("the key is not base64"))?;
-        let (&type_byte, public) = bytes.split_first().ok_or(bad("the key is empty"))?;
-        let kind =
-            KeyKind::from_type_byte(type_byte).ok_or(KeyError::UnsupportedType(type_byte))?;
-        let public: [u8; 32] = public
-            .try_into()
-            .map_err(|_| bad("an Ed25519 public key is 32 bytes"))?;
+        let (name, stated, kind, public) = parse_key_text(
+            text,
+            "verifier key",
+            "expected <name>+<key id>+<key>",
+            "an Ed25519 public key is 32 bytes",
+        )?;
         let computed = key_id(name, kind, &public);
         if computed != stated {
             return Err(KeyError::WrongKeyId { stated, computed });
@@ -221,6 +206,34 @@ impl fmt::Debug for VerifierKey {
     }
 }
 
+/// The fields of `<name>+<key id>+<base64(type ‖ 32 bytes)>`, the shape
+/// that verifier keys and (after `PRIVATE+KEY+`) private keys share: the
+/// name checked, the stated key id, the signature type and the 32 bytes.
+/// `what`, `expected` and `size` word the errors for the encoding at hand.
+fn parse_key_text<'a>(
+    text: &'a str,
+    what: &'static str,
+    expected: &'static str,
+    size: &'static str,
+) -> Result<(&'a str, u32, KeyKind, [u8; 32]), KeyError> {
+    let bad = |reason| KeyError::Malformed { what, reason };
+    let mut parts = text.splitn(3, '+');
+    let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(bad(expected));
+    };
+    if !is_valid_name(name) {
+        return Err(KeyError::InvalidName(name.to_owned()));
+    }
+    let stated = parse_key_id(id).ok_or(bad("the key id is not 8 hex digits"))?;
+    let bytes = BASE64
+        .decode(key)
+        .map_err(|_| bad("the key is not base64"))?;
+    let (&type_byte, key) = bytes.split_first().ok_or(bad("the key is empty"))?;
+    let kind = KeyKind::from_type_byte(type_byte).ok_or(KeyError::UnsupportedType(type_byte))?;
+    let key: [u8; 32] = key.try_into().map_err(|_| bad(size))?;
+    Ok((name, stated, kind, key))
+}
+
 fn parse_key_id(text: &str) -> Option<u32> {
     if text.len() != 8 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
@@ -273,30 +286,18 @@ impl SignerKey {
 
     /// Parses `PRIVATE+KEY+<name>+<key id>+<base64(type ‖ seed)>`.
     pub fn parse(text: &str) -> Result<SignerKey, KeyError> {
-        let bad = |reason| KeyError::Malformed {
-            what: "private key",
-            reason,
-        };
         let rest = text
             .strip_prefix("PRIVATE+KEY+")
-            .ok_or(bad("it does not start with PRIVATE+KEY+"))?;
-        let mut parts = rest.splitn(3, '+');
-        let (Some(name), Some(id), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(bad("expected PRIVATE+KEY+<name>+<key id>+<key>"));
-        };
-        if !is_valid_name(name) {
-            return Err(KeyError::InvalidName(name.to_owned()));
-        }
-        let stated = parse_key_id(id).ok_or(bad("the key id is not 8 hex digits"))?;
-        let bytes = BASE64
-            .decode(key)
-            .map_err(|_| bad("the key is not base64"))?;
-        let (&type_byte, seed) = bytes.split_first().ok_or(bad("the key is empty"))?;
-        let kind =
-            KeyKind::from_type_byte(type_byte).ok_or(KeyError::UnsupportedType(type_byte))?;
-        let seed: [u8; 32] = seed
-            .try_into()
-            .map_err(|_| bad("an Ed25519 seed is 32 bytes"))?;
+            .ok_or(KeyError::Malformed {
+                what: "private key",
+                reason: "it does not start with PRIVATE+KEY+",
+            })?;
+        let (name, stated, kind, seed) = parse_key_text(
+            rest,
+            "private key",
+            "expected PRIVATE+KEY+<name>+<key id>+<key>",
+            "an Ed25519 seed is 32 bytes",
+        )?;
         let key = SignerKey::from_seed(name, kind, seed)?;
         if key.id != stated {
             return Err(KeyError::WrongKeyId {
