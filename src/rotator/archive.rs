@@ -18,9 +18,10 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
 use serde_json::Value;
 
+use super::archive_report::problem;
+pub use super::archive_report::{ArchiveProblem, ArchiveReport};
 use super::archive_tree::ArchiveTree;
 pub use super::archive_tree::TreeChecks;
 use super::manifest::{Manifest, kernel_prefix, range_of_key};
@@ -28,54 +29,6 @@ use super::objects::{ObjectError, Objects};
 use super::segment;
 use crate::entry::GENESIS_HASH;
 use crate::kernel::KernelState;
-
-/// One problem found in an archive.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ArchiveProblem {
-    /// The object concerned (key), if any.
-    pub object: Option<String>,
-    /// The entry concerned (seq), if any.
-    pub seq: Option<u64>,
-    /// What is wrong.
-    pub message: String,
-}
-
-/// The outcome of `kernels archive verify`.
-#[derive(Debug, Clone, Serialize)]
-pub struct ArchiveReport {
-    /// True when no problem was found.
-    pub valid: bool,
-    /// Manifests examined.
-    pub manifests: u64,
-    /// Segments examined.
-    pub segments: u64,
-    /// Entries whose hashes were recomputed.
-    pub entries_verified: u64,
-    /// Last archived seq.
-    pub last_seq: Option<u64>,
-    /// Root hash of the last segment.
-    pub root_hash: String,
-    /// Every problem.
-    pub errors: Vec<ArchiveProblem>,
-    /// Things worth knowing that are not errors (e.g. orphan segments).
-    pub warnings: Vec<String>,
-}
-
-impl ArchiveReport {
-    /// The report of an archive that holds nothing.
-    pub fn empty() -> ArchiveReport {
-        ArchiveReport {
-            valid: true,
-            manifests: 0,
-            segments: 0,
-            entries_verified: 0,
-            last_seq: None,
-            root_hash: GENESIS_HASH.to_owned(),
-            errors: Vec::new(),
-            warnings: Vec::new(),
-        }
-    }
-}
 
 /// Why the archive could not be examined at all (exit 2).
 #[derive(Debug, thiserror::Error)]
@@ -89,14 +42,6 @@ pub enum ArchiveError {
     /// Replay failed.
     #[error("{0}")]
     Replay(String),
-}
-
-fn problem(object: &str, seq: Option<u64>, message: impl Into<String>) -> ArchiveProblem {
-    ArchiveProblem {
-        object: Some(object.to_owned()),
-        seq,
-        message: message.into(),
-    }
 }
 
 /// Verifies the archive of `kernel_id` under `prefix` (without checkpoints).

@@ -16,7 +16,7 @@
 //! covered by the archived entries, with the same root: an archive whose
 //! newest segment was deleted does not reach it.
 
-use super::archive::ArchiveProblem;
+use super::archive_report::{ArchiveProblem, problem};
 use super::segment::EntrySink;
 use crate::checkpoint::{SignedCheckpoint, Witnesses};
 use crate::entry::Entry;
@@ -66,14 +66,6 @@ impl EntrySink for ArchiveTree {
     }
 }
 
-fn problem(object: &str, seq: Option<u64>, message: String) -> ArchiveProblem {
-    ArchiveProblem {
-        object: Some(object.to_owned()),
-        seq,
-        message,
-    }
-}
-
 impl ArchiveTree {
     /// A tree that keeps leaves when `enabled`.
     pub fn new(enabled: bool) -> ArchiveTree {
@@ -113,7 +105,7 @@ impl ArchiveTree {
                 vec![problem(
                     key,
                     None,
-                    "carries no checkpoint, though an earlier manifest did (removed?)".into(),
+                    "carries no checkpoint, though an earlier manifest did (removed?)",
                 )]
             } else {
                 Vec::new()

@@ -22,8 +22,10 @@
 //! * [`segment`] — streamed verification of an archived segment
 //! * [`archive`] — `kernels archive verify` / `replay`
 //! * [`archive_tree`] — the archive's Merkle tree and its signed checkpoints
+//! * [`archive_report`] — the problems `archive verify` finds, and its report
 
 pub mod archive;
+pub mod archive_report;
 pub mod archive_tree;
 pub mod head;
 pub mod manifest;

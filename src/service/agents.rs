@@ -18,8 +18,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::api::JsonBody;
 use super::auth::Principal;
+use super::body::JsonBody;
 use super::error::ApiError;
 use crate::config::Role;
 use crate::kernel::Refusal;

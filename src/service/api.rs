@@ -5,8 +5,7 @@
 //! (bad JSON, bad shape, failed validation, wrong role or actor, a halted
 //! kernel); a DENY is a decision and a normal 200 answer.
 
-use axum::body::Bytes;
-use axum::extract::{FromRequest, Query, Request, State};
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -15,6 +14,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::auth::Principal;
+use super::body::{JsonBody, fields_of, reason_of};
 use super::error::ApiError;
 use crate::config::Role;
 use crate::kernel::{DenyReason, Policy, RawRequest, Receipt, Submission};
@@ -23,32 +23,6 @@ use crate::rotator::run::RunAnswer;
 pub(super) const READERS: &[Role] = &[Role::Auditor, Role::Operator];
 const SUBMITTERS: &[Role] = &[Role::Agent, Role::Operator];
 const OPERATORS: &[Role] = &[Role::Operator];
-
-/// A JSON request body: size-limited, UTF-8, valid JSON, numbers kept exact.
-pub struct JsonBody(pub Value);
-
-impl<S: Send + Sync> FromRequest<S> for JsonBody {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge
-            } else {
-                ApiError::bad_request("bad_body", rejection.body_text())
-            }
-        })?;
-        let text = std::str::from_utf8(&bytes)
-            .map_err(|_| ApiError::bad_request("invalid_json", "the request body is not UTF-8"))?;
-        let value = crate::canonical::parse(text).map_err(|e| {
-            ApiError::bad_request(
-                "invalid_json",
-                format!("the request body is not valid JSON: {e}"),
-            )
-        })?;
-        Ok(JsonBody(value))
-    }
-}
 
 /// `GET /health`: the process is up.
 #[utoipa::path(get, path = "/health", responses((status = 200, description = "The process is alive")))]
@@ -231,32 +205,6 @@ pub async fn put_policy(
         "changes": Policy::diff(replaced.as_ref(), &policy),
         "defaulted": defaulted,
     })))
-}
-
-/// The body as an object with only `allowed` keys.
-fn fields_of<'b>(
-    body: &'b Value,
-    allowed: &[&str],
-) -> Result<&'b serde_json::Map<String, Value>, ApiError> {
-    let obj = body.as_object().ok_or_else(|| {
-        ApiError::bad_request("invalid_request", "expected a JSON object with a reason")
-    })?;
-    if let Some(k) = obj.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(ApiError::bad_request(
-            "invalid_request",
-            format!("unknown field '{k}'"),
-        ));
-    }
-    Ok(obj)
-}
-
-pub(super) fn reason_of(body: &Value, allowed: &[&str]) -> Result<String, ApiError> {
-    fields_of(body, allowed)?
-        .get("reason")
-        .and_then(Value::as_str)
-        .filter(|r| !r.trim().is_empty())
-        .map(str::to_owned)
-        .ok_or_else(|| ApiError::bad_request("invalid_request", "a non-empty reason is required"))
 }
 
 /// `POST /v1/halt`: halt the kernel; answers the HALT receipt and the root

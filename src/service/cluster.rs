@@ -1,5 +1,5 @@
-//! The cluster in the HTTP API: what the service needs of this instance's
-//! cluster membership ([`ClusterControl`]), `POST /v1/cluster/leave`, and
+//! The cluster in the HTTP API (what it needs of this instance's
+//! membership is [`super::ClusterControl`]): `POST /v1/cluster/leave`, and
 //! the `cluster` field of `POST /v1/halt` and `POST /v1/recover` that
 //! `kernels cluster halt|recover` send.
 //!
@@ -10,39 +10,17 @@
 //! cluster is refused (409 `not_cluster_halt`) on a member its own
 //! operator halted.
 
-use std::future::Future;
-use std::pin::Pin;
-
 use axum::extract::State;
 use axum::{Extension, Json};
 use serde_json::Value;
 
 use super::AppState;
-use super::api::{JsonBody, reason_of};
 use super::auth::Principal;
+use super::body::{JsonBody, reason_of};
 use super::error::ApiError;
 use crate::cluster::ClusterError;
 use crate::config::Role;
 use crate::kernel::events::cluster_actor;
-
-/// What the cluster worker offers the HTTP layer.
-pub trait ClusterControl: Send + Sync + 'static {
-    /// The cluster id.
-    fn cluster_id(&self) -> &str;
-    /// Membership, control plane, halt flag and shared policy as JSON
-    /// (`cluster` in `GET /v1/status`).
-    fn status(&self) -> Value;
-    /// Leaves the cluster on behalf of `actor` (removes the member object,
-    /// records `kernel.cluster_leave`).
-    fn leave(
-        &self,
-        actor: String,
-        reason: String,
-    ) -> Pin<Box<dyn Future<Output = Result<Value, ClusterError>> + Send + '_>>;
-    /// Adds a peer's cosignature (by `witness_key`, in `checkpoint`) to
-    /// this ledger's checkpoint (`POST /v1/checkpoint/cosignatures`).
-    fn add_cosignature(&self, witness_key: &str, checkpoint: &str) -> Result<Value, ClusterError>;
-}
 
 impl From<ClusterError> for ApiError {
     fn from(e: ClusterError) -> ApiError {

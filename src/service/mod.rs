@@ -8,9 +8,11 @@
 //! * [`api`] — the `/v1/` handlers, `/health`, `/ready`, `/metrics`
 //! * [`entries`] — `/v1/evidence` and `/v1/entries`: reading the chain
 //! * [`cluster`] — the cluster membership's routes and halt/recover actor
+//!   ([`ClusterControl`], below, is what it needs of the cluster worker)
 //! * [`agents`] — what agents' proxies read (`/v1/policy/allowed`) and the
 //!   MCP front (`/mcp/{name}`)
 //! * [`proofs`] — `/v1/checkpoint` and `/v1/proofs/…`: provable history
+//! * [`body`] — reading a JSON body, its allowed fields and its reason
 //! * [`auth`] — bearer tokens and roles
 //! * [`error`] — the one place errors become status codes
 //! * [`openapi`] — the OpenAPI document, generated from the handlers
@@ -19,6 +21,7 @@
 pub mod agents;
 pub mod api;
 pub mod auth;
+pub mod body;
 pub mod cluster;
 pub mod conn;
 pub mod entries;
@@ -38,13 +41,32 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::Value;
 
+use crate::cluster::ClusterError;
 use crate::ledger::Ledger;
 use crate::metrics::HttpLabels;
 use crate::rotator::run::{RotationError, RunAnswer, RunFailure};
 use auth::{Principal, TokenTable};
-pub use cluster::ClusterControl;
 pub use conn::{ConnectionLimits, serve_with};
 use error::ApiError;
+
+/// What the cluster worker offers the HTTP layer.
+pub trait ClusterControl: Send + Sync + 'static {
+    /// The cluster id.
+    fn cluster_id(&self) -> &str;
+    /// Membership, control plane, halt flag and shared policy as JSON
+    /// (`cluster` in `GET /v1/status`).
+    fn status(&self) -> Value;
+    /// Leaves the cluster on behalf of `actor` (removes the member object,
+    /// records `kernel.cluster_leave`).
+    fn leave(
+        &self,
+        actor: String,
+        reason: String,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Value, ClusterError>> + Send + '_>>;
+    /// Adds a peer's cosignature (by `witness_key`, in `checkpoint`) to
+    /// this ledger's checkpoint (`POST /v1/checkpoint/cosignatures`).
+    fn add_cosignature(&self, witness_key: &str, checkpoint: &str) -> Result<Value, ClusterError>;
+}
 
 /// What the rotator offers the HTTP layer. Its failures stay typed
 /// ([`RunFailure`] carries the rotator's [`RotationError`]) up to `ApiError`,
