@@ -18,8 +18,9 @@
 //! * `requests` and `request_index` — finding a request id's decision
 //! * `checkpoint` — when the state is stored, and what a stored one holds
 //! * `traces` — the check that a store did not come back shorter
-//! * `tree` — the Merkle tree kept with the entries: its head, proofs
-//! * `signing` — signed checkpoints, never two inconsistent ones
+//! * `tree` — the Merkle tree kept with the entries and its published head
+//! * `signing` — the signing key and its signed heads, never two inconsistent
+//! * `provable` — the ledger's proofs, checkpoints and peer cosignatures
 //! * `verify` — verification of a stored chain, and of a data dir
 //! * `tree_check` — verification of the stored tree against the entries
 //! * `status`, `clock`, `error` — what the ledger reports, its time, its errors
@@ -32,6 +33,7 @@ mod error;
 mod handle;
 pub mod open;
 pub mod outcome;
+mod provable;
 mod request_index;
 mod requests;
 mod signing;

@@ -6,7 +6,7 @@
 //! the published tree head ([`super::tree`]) or, for a past size, from the
 //! root the stored tiles give; Ed25519 signatures are deterministic, and the
 //! last few are kept per size ([`CACHED`]), with any witness cosignatures
-//! added to them since ([`Ledger::add_cosignature`]).
+//! added to them since (`Ledger::add_cosignature`).
 //!
 //! Before a checkpoint of a size is handed out, the largest signed head —
 //! `(size, root)` and the key — is made durable: a metadata value
@@ -18,26 +18,23 @@
 //! that size differs is refused — so a restart, a recovery or a migration
 //! never makes the service sign a tree that does not extend what it signed.
 //!
-//! Peer witnessing (the cluster): [`Ledger::witness_key`] is the instance
-//! key as a `cosignature/v1` key, [`Ledger::cosign`] cosigns a peer's
-//! checkpoint with it, and [`Ledger::add_cosignature`] adds a peer's
-//! cosignature to one of this ledger's recent checkpoints, which is then
-//! served with it.
+//! The methods on the ledger are in [`super::provable`]. Peer witnessing
+//! (the cluster): `Ledger::witness_key` is the instance key as a
+//! `cosignature/v1` key, `Ledger::cosign` cosigns a peer's checkpoint with
+//! it, and `Ledger::add_cosignature` adds a peer's cosignature to one of
+//! this ledger's recent checkpoints, which is then served with it.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
 
-use super::handle::{Durable, Ledger};
 use super::traces::KnownHead;
 use super::tree::{TreeError, TreeHead};
-use crate::checkpoint::{Checkpoint, CheckpointError, SignedCheckpoint};
+use crate::checkpoint::{Checkpoint, SignedCheckpoint};
 use crate::merkle::Hash;
 use crate::merkle::tiles::TiledNodes;
-use crate::note::{KeyKind, Signature, SignerKey, VerifierKey};
-use crate::proofs::{ConsistencyProof, InclusionProof};
+use crate::note::{KeyKind, SignerKey, VerifierKey};
 use crate::store::datadir::DataDir;
 use crate::store::tiles::StoreTiles;
 use crate::store::{LedgerStore, StoreError, meta};
@@ -118,19 +115,19 @@ pub(crate) fn recorded_heads(
 
 /// The ledger's signing key and what it signed.
 pub(crate) struct Signing {
-    key: Arc<SignerKey>,
-    verifier: VerifierKey,
+    pub(super) key: Arc<SignerKey>,
+    pub(super) verifier: VerifierKey,
     /// The same key as a `cosignature/v1` witness key (peer witnessing).
-    witness: SignerKey,
+    pub(super) witness: SignerKey,
     /// The largest signed head made durable.
-    persisted: Mutex<Option<TreeHead>>,
+    pub(super) persisted: Mutex<Option<TreeHead>>,
     /// Held while a signed head is made durable, so the stored one only grows.
-    persisting: tokio::sync::Mutex<()>,
+    pub(super) persisting: tokio::sync::Mutex<()>,
     /// Signed checkpoints of the newest sizes, with cosignatures added since.
-    cache: Mutex<BTreeMap<u64, SignedCheckpoint>>,
+    pub(super) cache: Mutex<BTreeMap<u64, SignedCheckpoint>>,
 }
 
-fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -148,11 +145,11 @@ impl Signing {
         }
     }
 
-    fn covers(&self, size: u64) -> bool {
+    pub(super) fn covers(&self, size: u64) -> bool {
         relock(&self.persisted).is_some_and(|h| h.size >= size)
     }
 
-    fn sign(&self, head: TreeHead) -> Result<SignedCheckpoint, TreeError> {
+    pub(super) fn sign(&self, head: TreeHead) -> Result<SignedCheckpoint, TreeError> {
         let mut cache = relock(&self.cache);
         if let Some(cp) = cache.get(&head.size) {
             return Ok(cp.clone());
@@ -165,186 +162,6 @@ impl Signing {
             cache.pop_first();
         }
         Ok(signed)
-    }
-}
-
-impl Ledger {
-    /// The verifier key of the key that signs this ledger's checkpoints.
-    pub fn verifier_key(&self) -> Option<&VerifierKey> {
-        self.inner.signing.as_ref().map(|s| &s.verifier)
-    }
-
-    /// This instance's witness key: its signing key as a tlog-cosignature
-    /// `cosignature/v1` key (type 0x04, same name). Peers pin it to check
-    /// the cosignatures [`Ledger::cosign`] makes.
-    pub fn witness_key(&self) -> Option<VerifierKey> {
-        self.inner.signing.as_ref().map(|s| s.witness.verifier())
-    }
-
-    /// Cosigns a peer's checkpoint with this instance's witness key at
-    /// `timestamp` (POSIX seconds); returns the cosignature, for the peer to
-    /// add with [`Ledger::add_cosignature`]. A witness vouches that it saw
-    /// this checkpoint and that it extends every earlier one of that log it
-    /// cosigned: the caller verifies `peer` with the peer's log key and the
-    /// consistency proof from the last size it cosigned, before asking.
-    pub fn cosign(&self, peer: &SignedCheckpoint, timestamp: u64) -> Result<Signature, TreeError> {
-        let signing = self.signing()?;
-        let mut cosigned = peer.clone();
-        cosigned
-            .cosign(&signing.witness, timestamp)
-            .map_err(|e| TreeError::OutOfRange(e.to_string()))?;
-        let id = (signing.witness.name(), signing.witness.id());
-        cosigned
-            .note
-            .signatures()
-            .iter()
-            .rev()
-            .find(|s| (s.name.as_str(), s.key_id) == id)
-            .cloned()
-            .ok_or_else(|| TreeError::OutOfRange("the cosignature was not added".into()))
-    }
-
-    fn signing(&self) -> Result<&Signing, TreeError> {
-        self.inner.signing.as_ref().ok_or(TreeError::NoSigningKey)
-    }
-
-    /// The signed checkpoint of every acknowledged entry (the published
-    /// tree head), with the cosignatures added to it so far.
-    pub async fn checkpoint(&self) -> Result<SignedCheckpoint, TreeError> {
-        let head = self.tree_head();
-        self.signed(head).await
-    }
-
-    /// The signed checkpoint of the first `size` entries (`size` at most the
-    /// acknowledged head).
-    pub async fn checkpoint_at(&self, size: u64) -> Result<SignedCheckpoint, TreeError> {
-        let head = self.tree_head();
-        let head = if size == head.size {
-            head
-        } else {
-            TreeHead {
-                size,
-                root: self.tree_root_at(size)?,
-            }
-        };
-        self.signed(head).await
-    }
-
-    /// Signs `head` once it is durably recorded as signed.
-    async fn signed(&self, head: TreeHead) -> Result<SignedCheckpoint, TreeError> {
-        let signing = self.signing()?;
-        if !signing.covers(head.size) {
-            let _one_at_a_time = signing.persisting.lock().await;
-            if !signing.covers(head.size) {
-                self.persist_signed_head(signing, head).await?;
-            }
-        }
-        signing.sign(head)
-    }
-
-    /// Records `head` as the largest signed head: in the next group commit
-    /// (waited for), then beside the store.
-    async fn persist_signed_head(
-        &self,
-        signing: &Signing,
-        head: TreeHead,
-    ) -> Result<(), TreeError> {
-        let record = SignedHead {
-            size: head.size,
-            root: head.root,
-            key: signing.verifier.to_string(),
-        };
-        let value = serde_json::to_vec(&record).expect("a signed head serializes");
-        let (tx, rx) = oneshot::channel();
-        {
-            self.inner.check_open()?;
-            let mut queue = self.inner.lock_queue();
-            if queue.shutdown {
-                return Err(super::LedgerError::Unavailable("the ledger is closing".into()).into());
-            }
-            if queue.push_meta(meta::SIGNED_TREE_HEAD, value, tx) {
-                self.inner.work.notify_one();
-            }
-        }
-        Durable::from_receiver(rx).wait().await?;
-        *relock(&signing.persisted) = Some(head);
-        if let Some(dir) = &self.inner.datadir
-            && let Err(e) = dir.note_signed_head(head.size, &head.root.to_hex(), &record.key)
-        {
-            tracing::warn!(error = %e, "could not note the signed tree head beside the store");
-        }
-        Ok(())
-    }
-
-    /// Adds a witness's cosignature to the signed checkpoint of `size`
-    /// (which must be one of the newest [`CACHED`] sizes signed): it is
-    /// checked against `witness` (a `cosignature/v1` verifier key) and then
-    /// served with that checkpoint (`GET /v1/checkpoint`, proofs). Returns
-    /// the checkpoint with it.
-    pub fn add_cosignature(
-        &self,
-        size: u64,
-        witness: &VerifierKey,
-        signature: Signature,
-    ) -> Result<SignedCheckpoint, TreeError> {
-        let signing = self.signing()?;
-        let mut cache = relock(&signing.cache);
-        let cp = cache.get_mut(&size).ok_or_else(|| {
-            TreeError::OutOfRange(format!(
-                "no checkpoint of size {size} was signed recently (the newest {CACHED} sizes are kept)"
-            ))
-        })?;
-        cp.add_cosignature(witness, signature)
-            .map_err(|e: CheckpointError| TreeError::OutOfRange(e.to_string()))?;
-        Ok(cp.clone())
-    }
-
-    /// The inclusion proof of entry `seq` in the tree of `tree_size`
-    /// entries (default: every acknowledged entry), with its checkpoint.
-    pub async fn inclusion_proof(
-        &self,
-        seq: u64,
-        tree_size: Option<u64>,
-    ) -> Result<InclusionProof, TreeError> {
-        let size = tree_size.unwrap_or_else(|| self.tree_head().size);
-        if seq >= size {
-            return Err(TreeError::OutOfRange(format!(
-                "entry {seq} is not in a tree of {size} entries"
-            )));
-        }
-        let (leaf_hash, proof) = self.inclusion(seq, size)?;
-        let checkpoint = self.checkpoint_at(size).await?;
-        Ok(InclusionProof {
-            seq,
-            tree_size: size,
-            leaf_hash,
-            proof,
-            checkpoint: checkpoint.to_string(),
-        })
-    }
-
-    /// The consistency proof from `from_size` (at least 1) to `to_size`
-    /// entries (default: every acknowledged entry), with the checkpoint of
-    /// `to_size`.
-    pub async fn consistency_proof(
-        &self,
-        from_size: u64,
-        to_size: Option<u64>,
-    ) -> Result<ConsistencyProof, TreeError> {
-        let to = to_size.unwrap_or_else(|| self.tree_head().size);
-        if from_size == 0 || from_size > to {
-            return Err(TreeError::OutOfRange(format!(
-                "no consistency proof from {from_size} to {to} entries (need 1 <= from_size <= to_size)"
-            )));
-        }
-        let proof = self.consistency(from_size, to)?;
-        let checkpoint = self.checkpoint_at(to).await?;
-        Ok(ConsistencyProof {
-            from_size,
-            to_size: to,
-            proof,
-            checkpoint: checkpoint.to_string(),
-        })
     }
 }
 

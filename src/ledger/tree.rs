@@ -11,20 +11,20 @@
 //! writer from the stored tiles in O(log n) reads
 //! ([`crate::store::tiles::TileWriter::resume`]).
 //!
-//! Proofs and past roots read the stored tiles through the store (its
-//! overlay included): O(log n) reads, at most two tiles per tile level.
+//! Proofs and past roots ([`super::provable`]) read the stored tiles
+//! through the store (its overlay included): O(log n) reads, at most two
+//! tiles per tile level.
 
 use std::sync::{Mutex, MutexGuard};
 
 use serde::Serialize;
 
 use super::error::LedgerError;
-use super::handle::Ledger;
 use crate::entry::Entry;
+use crate::merkle::Hash;
 use crate::merkle::proof::BuildError;
 use crate::merkle::tiles::TileError;
-use crate::merkle::{Hash, NodeId, NodeSource, consistency_proof, inclusion_proof, tree_root};
-use crate::store::tiles::{TileWriter, store_nodes};
+use crate::store::tiles::TileWriter;
 use crate::store::{LedgerStore, SideRecord, StoreError};
 
 /// A tree head: `size` leaves (entries) and their root.
@@ -141,51 +141,5 @@ impl DurableTree {
     /// The published head (every entry under it is durable).
     pub(crate) fn head(&self) -> TreeHead {
         *relock(&self.published)
-    }
-}
-
-impl Ledger {
-    /// The Merkle tree head of the durable entries: what `GET /v1/checkpoint`
-    /// signs. Every acknowledged entry is under it.
-    pub fn tree_head(&self) -> TreeHead {
-        self.inner.tree.head()
-    }
-
-    /// The published head, with `size` checked against it.
-    fn head_covering(&self, size: u64, what: &str) -> Result<TreeHead, TreeError> {
-        let head = self.tree_head();
-        if size > head.size {
-            return Err(TreeError::OutOfRange(format!(
-                "{what} {size} is past the tree of the {} acknowledged entries",
-                head.size
-            )));
-        }
-        Ok(head)
-    }
-
-    /// The tree head of the first `size` entries (at most the published head).
-    pub fn tree_root_at(&self, size: u64) -> Result<Hash, TreeError> {
-        let head = self.head_covering(size, "tree size")?;
-        if size == head.size {
-            return Ok(head.root);
-        }
-        Ok(tree_root(size, &store_nodes(self.store()))?)
-    }
-
-    /// The leaf hash of entry `seq` and its inclusion proof in the tree of
-    /// `size` entries (RFC 9162 §2.1.3.1), from the stored tiles.
-    pub fn inclusion(&self, seq: u64, size: u64) -> Result<(Hash, Vec<Hash>), TreeError> {
-        self.head_covering(size, "tree_size")?;
-        let nodes = store_nodes(self.store());
-        let proof = inclusion_proof(seq, size, &nodes)?;
-        let leaf = nodes.read_nodes(&[NodeId::new(0, seq)])?;
-        Ok((leaf[0], proof))
-    }
-
-    /// The consistency proof from the tree of `from` entries to the tree of
-    /// `to` entries (RFC 9162 §2.1.4.1), from the stored tiles.
-    pub fn consistency(&self, from: u64, to: u64) -> Result<Vec<Hash>, TreeError> {
-        self.head_covering(to, "to_size")?;
-        Ok(consistency_proof(from, to, &store_nodes(self.store()))?)
     }
 }
