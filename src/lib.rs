@@ -72,4 +72,4 @@ pub mod store;
 pub mod verify;
 
 /// The version of the on-disk storage layout this build writes (see `migrations/`).
-pub const STORAGE_FORMAT_VERSION: u32 = 4;
+pub const STORAGE_FORMAT_VERSION: u32 = 5;

@@ -695,7 +695,10 @@ fn an_old_data_dir_migrated_to_format_4_proves_its_old_entries() {
     assert!(
         std::fs::read_to_string(data.join("KERNELS_FORMAT"))
             .unwrap()
-            .contains("format_version=4")
+            .contains(&format!(
+                "format_version={}",
+                kernels::STORAGE_FORMAT_VERSION
+            ))
     );
     let (_, key) = get_text(&rt, &server.url("/v1/checkpoint/key"), AGENT);
     let key = key.trim().to_owned();

@@ -344,10 +344,9 @@ impl Ledger {
 
         let (requests, stale) = Requests::load(store.as_ref(), len)?;
         let tree = DurableTree::open(store.as_ref(), len).map_err(corrupt_store)?;
-        signing::check_signed_head(&signed_heads, |size| {
-            signing::stored_root(store.as_ref(), size)
-        })
-        .map_err(|message| corrupt(len.saturating_sub(1), message))?;
+        let nodes = tree.nodes(store.as_ref());
+        signing::check_signed_head(&signed_heads, |size| signing::stored_root(&nodes, size))
+            .map_err(|message| corrupt(len.saturating_sub(1), message))?;
         let (signer, key_change) = signing_of(store.as_ref(), &options, &signed_heads, &what)?;
         let core = Core {
             last_checkpoint_len: from,

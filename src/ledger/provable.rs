@@ -16,7 +16,6 @@ use crate::merkle::{Hash, NodeId, NodeSource, consistency_proof, inclusion_proof
 use crate::note::{Signature, VerifierKey};
 use crate::proofs::{ConsistencyProof, InclusionProof};
 use crate::store::meta;
-use crate::store::tiles::store_nodes;
 
 impl Ledger {
     /// The Merkle tree head of the durable entries: what `GET /v1/checkpoint`
@@ -43,14 +42,14 @@ impl Ledger {
         if size == head.size {
             return Ok(head.root);
         }
-        Ok(tree_root(size, &store_nodes(self.store()))?)
+        Ok(tree_root(size, &self.inner.tree.nodes(self.store()))?)
     }
 
     /// The leaf hash of entry `seq` and its inclusion proof in the tree of
     /// `size` entries (RFC 9162 §2.1.3.1), from the stored tiles.
     pub fn inclusion(&self, seq: u64, size: u64) -> Result<(Hash, Vec<Hash>), TreeError> {
         self.head_covering(size, "tree_size")?;
-        let nodes = store_nodes(self.store());
+        let nodes = self.inner.tree.nodes(self.store());
         let proof = inclusion_proof(seq, size, &nodes)?;
         let leaf = nodes.read_nodes(&[NodeId::new(0, seq)])?;
         Ok((leaf[0], proof))
@@ -60,7 +59,11 @@ impl Ledger {
     /// `to` entries (RFC 9162 §2.1.4.1), from the stored tiles.
     pub fn consistency(&self, from: u64, to: u64) -> Result<Vec<Hash>, TreeError> {
         self.head_covering(to, "to_size")?;
-        Ok(consistency_proof(from, to, &store_nodes(self.store()))?)
+        Ok(consistency_proof(
+            from,
+            to,
+            &self.inner.tree.nodes(self.store()),
+        )?)
     }
 }
 

@@ -36,7 +36,7 @@ use crate::merkle::Hash;
 use crate::merkle::tiles::TiledNodes;
 use crate::note::{KeyKind, SignerKey, VerifierKey};
 use crate::store::datadir::DataDir;
-use crate::store::tiles::StoreTiles;
+use crate::store::tiles::EdgeTiles;
 use crate::store::{LedgerStore, StoreError, meta};
 
 /// How many signed checkpoints (the newest sizes) are kept.
@@ -165,9 +165,13 @@ impl Signing {
     }
 }
 
-/// The tree root of `size` entries of a store, from its tiles.
-pub(crate) fn stored_root(store: &dyn LedgerStore, size: u64) -> Result<Hash, StoreError> {
-    crate::merkle::tree_root(size, &TiledNodes(StoreTiles(store))).map_err(|e| match e {
+/// The tree root of `size` entries, from a store's tiles (and the edges of
+/// its tree, [`crate::store::tiles::TileWriter::edges`]).
+pub(crate) fn stored_root<S: LedgerStore + ?Sized>(
+    nodes: &TiledNodes<EdgeTiles<'_, S>>,
+    size: u64,
+) -> Result<Hash, StoreError> {
+    crate::merkle::tree_root(size, nodes).map_err(|e| match e {
         crate::merkle::proof::BuildError::Source(crate::merkle::tiles::TileError::Source {
             error,
             ..

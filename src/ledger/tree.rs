@@ -7,13 +7,15 @@
 //! never holds tiles for entries it does not hold, nor the reverse. Once the
 //! batch is durable, [`DurableTree::publish`] makes its head the one
 //! checkpoints sign — before any waiter of the batch is answered, so every
-//! acknowledged entry is under the published head. Opening rebuilds the
-//! writer from the stored tiles in O(log n) reads
+//! acknowledged entry is under the published head — and lets the writer
+//! forget the halves now in the store. Opening rebuilds the writer from the
+//! stored tiles and the last entries
 //! ([`crate::store::tiles::TileWriter::resume`]).
 //!
-//! Proofs and past roots ([`super::provable`]) read the stored tiles
-//! through the store (its overlay included): O(log n) reads, at most two
-//! tiles per tile level.
+//! Proofs and past roots ([`super::provable`]) read the stored full halves
+//! through the store (its overlay included) and the right edges from a
+//! snapshot of the writer's ([`DurableTree::nodes`]): O(log n) reads, at
+//! most two tiles per tile level.
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -23,8 +25,8 @@ use super::error::LedgerError;
 use crate::entry::Entry;
 use crate::merkle::Hash;
 use crate::merkle::proof::BuildError;
-use crate::merkle::tiles::TileError;
-use crate::store::tiles::TileWriter;
+use crate::merkle::tiles::{TileError, TiledNodes};
+use crate::store::tiles::{EdgeTiles, TileWriter};
 use crate::store::{LedgerStore, SideRecord, StoreError};
 
 /// A tree head: `size` leaves (entries) and their root.
@@ -126,7 +128,9 @@ impl DurableTree {
     /// Publishes the head of everything staged: call once it is durable.
     pub(crate) fn publish(&self) {
         let head = {
-            let writer = relock(&self.writer);
+            let mut writer = relock(&self.writer);
+            // The staged halves are in the store: the edges may drop them.
+            writer.settle();
             TreeHead {
                 size: writer.size(),
                 root: writer.root(),
@@ -136,6 +140,16 @@ impl DurableTree {
         if head.size >= published.size {
             *published = head;
         }
+    }
+
+    /// The tree's nodes for proofs: `store`'s full halves and the edges
+    /// as they are now (any size up to the staged one).
+    pub(crate) fn nodes<'a, S: LedgerStore + ?Sized>(
+        &self,
+        store: &'a S,
+    ) -> TiledNodes<EdgeTiles<'a, S>> {
+        let edges = relock(&self.writer).edges();
+        EdgeTiles::new(store, edges).nodes()
     }
 
     /// The published head (every entry under it is durable).

@@ -11,6 +11,7 @@ use crate::entry::GENESIS_HASH;
 use crate::store::datadir::DataDir;
 use crate::store::record;
 use crate::store::sled_store::{SledOptions, SledStore};
+use crate::store::tiles::{EdgeTiles, TileWriter};
 use crate::store::{LedgerStore, StoreError};
 
 use super::checkpoint;
@@ -44,14 +45,19 @@ pub fn verify_data_dir(path: &std::path::Path) -> Result<VerifyReport, LedgerErr
     let mut problems = traces::check(&store, len, &heads)?;
     // The tree at each signed size (that the store holds) has the signed root.
     let held: Vec<_> = signed.into_iter().filter(|h| h.size <= len).collect();
-    if report.valid
-        && let Err(message) =
-            signing::check_signed_head(&held, |size| signing::stored_root(&store, size))
-    {
-        problems.push(ChainError {
-            index: Some(len.saturating_sub(1)),
-            message,
-        });
+    if report.valid {
+        let checked = TileWriter::resume(&store, len)
+            .map_err(|e| e.to_string())
+            .and_then(|writer| {
+                let nodes = EdgeTiles::new(&store, writer.edges()).nodes();
+                signing::check_signed_head(&held, |size| signing::stored_root(&nodes, size))
+            });
+        if let Err(message) = checked {
+            problems.push(ChainError {
+                index: Some(len.saturating_sub(1)),
+                message,
+            });
+        }
     }
     if !problems.is_empty() {
         problems.append(&mut report.errors);
@@ -103,7 +109,7 @@ pub fn verify_store<S: LedgerStore + ?Sized>(
     let results: Vec<RangeCheck> = std::thread::scope(|scope| {
         let handles: Vec<_> = ranges
             .iter()
-            .map(|&(a, b)| scope.spawn(move || check_range(store, a, b)))
+            .map(|&(a, b)| scope.spawn(move || check_range(store, a, b, to)))
             .collect();
         handles
             .into_iter()
@@ -161,7 +167,7 @@ impl RangeCheck {
     }
 }
 
-fn check_range<S: LedgerStore + ?Sized>(store: &S, from: u64, to: u64) -> RangeCheck {
+fn check_range<S: LedgerStore + ?Sized>(store: &S, from: u64, to: u64, size: u64) -> RangeCheck {
     let mut out = RangeCheck {
         first_prev: None,
         last_hash: None,
@@ -169,7 +175,7 @@ fn check_range<S: LedgerStore + ?Sized>(store: &S, from: u64, to: u64) -> RangeC
         errors: Vec::new(),
         tree_errors: Vec::new(),
     };
-    let mut tree = LeafCheck::new(store, from, to);
+    let mut tree = LeafCheck::new(store, from, to, size);
     let mut expected_seq = from;
     let mut prev: Option<[u8; 32]> = None;
     let err = |seq: u64, message: String| ChainError {

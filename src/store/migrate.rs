@@ -18,7 +18,7 @@ use super::request_records::{
 use super::sled_cache::{SCAN_NUDGES, WRITE_NUDGES, nudge};
 use super::sled_errors::engine;
 use super::sled_store::{SledOptions, SledStore};
-use super::tiles::TileWriter;
+use super::tiles::{HALF_WIDTH, TileWriter};
 use super::{Family, LedgerStore, StoreError, VALUE_BYTES, chunk, meta, record};
 use crate::STORAGE_FORMAT_VERSION;
 
@@ -31,6 +31,7 @@ pub const MIGRATIONS: &[(u32, Migration)] = &[
     (1, migrate_1_to_2),
     (2, migrate_2_to_3),
     (3, migrate_3_to_4),
+    (4, migrate_4_to_5),
 ];
 
 /// The sled database, inside the data dir.
@@ -142,7 +143,8 @@ fn convert_request_records(path: &Path) -> Result<(), StoreError> {
 /// [`super::tiles`]): the stored entries are read in seq order, their
 /// stored `entry_hash`es appended to a [`TileWriter`] a few thousand at a
 /// time, and the halves it gives written to sled as they come (memory stays
-/// flat: the writer holds at most one partial half per level); then the
+/// flat: the writer holds at most one partial half per level; this build's
+/// writer gives only full halves, the layout of format 5); then the
 /// format metadata is set to 4 and sled made durable. A second run writes
 /// the same halves again.
 fn migrate_3_to_4(dir: &Path) -> Result<(), StoreError> {
@@ -162,6 +164,7 @@ fn migrate_3_to_4(dir: &Path) -> Result<(), StoreError> {
             keys.push(k);
         }
         tree.apply_batch(batch).map_err(engine)?;
+        writer.settle();
         for k in keys {
             nudge(tree, &k, WRITE_NUDGES);
         }
@@ -190,6 +193,27 @@ fn migrate_3_to_4(dir: &Path) -> Result<(), StoreError> {
     write(&mut writer, &mut hashes)?;
     tree.insert(meta_key(meta::FORMAT), &b"4"[..])
         .map_err(engine)?;
+    store.sync_sled()
+}
+
+/// Format 5 stores only full tile halves: the partial half at the right
+/// edge of each level, which format 4 rewrote whole with every commit (up
+/// to 4 KiB a level in each synced write), is kept in memory and rebuilt on
+/// open from the last entries and the full halves ([`super::tiles`]). The
+/// step removes the partial halves format 4 left (every `t` record shorter
+/// than a full half), sets the format metadata to 5 in the same sled batch,
+/// and makes sled durable. Run again, it finds none to remove.
+fn migrate_4_to_5(dir: &Path) -> Result<(), StoreError> {
+    let store = SledStore::open(&dir.join(LEDGER), &SledOptions::default())?;
+    let mut batch = sled::Batch::default();
+    for item in store.side_range(Family::TILES, 0, u64::MAX) {
+        let (key, value) = item?;
+        if value.len() < HALF_WIDTH * crate::merkle::HASH_SIZE {
+            batch.remove(&side_key(Family::TILES, key)[..]);
+        }
+    }
+    batch.insert(meta_key(meta::FORMAT), &b"5"[..]);
+    store.tree().apply_batch(batch).map_err(engine)?;
     store.sync_sled()
 }
 
@@ -325,10 +349,72 @@ mod tests {
     use crate::store::{Append, keys::prefixed, record};
 
     #[test]
+    fn a_format_4_store_loses_its_partial_halves_and_keeps_its_tree() {
+        use crate::merkle::entry_leaf_hash;
+        use crate::merkle::tiles::MemoryTiles;
+        use crate::store::tiles::{half_key, key_half};
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join(LEDGER);
+        let entries = crate::entry::test_chain(1_000, 0, GENESIS_HASH);
+        {
+            let store = SledStore::open(&path, &SledOptions::default()).unwrap();
+            store
+                .append(Append {
+                    entries: &entries,
+                    ..Append::default()
+                })
+                .unwrap();
+            store.commit().unwrap();
+        }
+        migrate_3_to_4(tmp.path()).unwrap();
+        {
+            // The right edge as format 4 kept it: leaves 896..1000 and the
+            // three level-8 nodes, in partial halves.
+            let store = SledStore::open(&path, &SledOptions::default()).unwrap();
+            store
+                .append(Append {
+                    side: vec![
+                        (Family::TILES, half_key(0, 7), vec![1u8; 32 * 104]),
+                        (Family::TILES, half_key(1, 0), vec![2u8; 32 * 3]),
+                    ],
+                    ..Append::default()
+                })
+                .unwrap();
+            store.commit().unwrap();
+        }
+        let mut reference = MemoryTiles::new();
+        for e in &entries {
+            let raw = crate::chain::decode_hex(e.entry_hash.as_bytes()).unwrap();
+            reference.append(entry_leaf_hash(&raw));
+        }
+        for _ in 0..2 {
+            migrate_4_to_5(tmp.path()).unwrap();
+            let store = SledStore::open(&path, &SledOptions::default()).unwrap();
+            let halves: Vec<((u8, u64), usize)> = store
+                .side_range(Family::TILES, 0, u64::MAX)
+                .map(|item| {
+                    let (key, value) = item.unwrap();
+                    (key_half(key), value.len())
+                })
+                .collect();
+            let full: Vec<_> = (0..7).map(|h| ((0u8, h), VALUE_BYTES)).collect();
+            assert_eq!(halves, full);
+            assert_eq!(
+                TileWriter::resume(&store, 1_000).unwrap().root(),
+                reference.root()
+            );
+            assert_eq!(
+                store.meta(meta::FORMAT).unwrap().as_deref(),
+                Some(&b"5"[..])
+            );
+        }
+    }
+
+    #[test]
     fn a_format_3_store_gets_the_tree_of_its_entries_and_a_second_run_changes_nothing() {
         use crate::merkle::tiles::MemoryTiles;
         use crate::merkle::{entry_leaf_hash, inclusion_proof, tree_root};
-        use crate::store::tiles::store_nodes;
+        use crate::store::tiles::EdgeTiles;
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join(LEDGER);
         let entries = crate::entry::test_chain(9_000, 0, GENESIS_HASH);
@@ -352,7 +438,8 @@ mod tests {
         for _ in 0..2 {
             migrate_3_to_4(tmp.path()).unwrap();
             let store = SledStore::open(&path, &SledOptions::default()).unwrap();
-            let nodes = store_nodes(&store);
+            let edges = TileWriter::resume(&store, 9_000).unwrap().edges();
+            let nodes = EdgeTiles::new(&store, edges).nodes();
             assert_eq!(tree_root(9_000, &nodes).unwrap(), reference.root());
             assert_eq!(
                 inclusion_proof(4_321, 7_000, &nodes).unwrap(),
