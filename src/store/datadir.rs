@@ -29,10 +29,11 @@
 //! [`super::migrate`] (documented one file per version in `migrations/`).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use super::StoreError;
 use super::fs::{sync_dir, write_atomic};
@@ -258,6 +259,13 @@ fn head_line(len: u64, hash: &str, extra: Option<&str>) -> String {
     format!("{body} {crc:08x}\n")
 }
 
+/// How long an open waits for a lock that our own process holds. A child
+/// this process is starting (`kernels verify` in a child, an MCP server, a
+/// test's subprocess) holds a copy of every descriptor from its fork until
+/// its `exec`, and the lock goes with the copy: a reopen right after a close
+/// can find the lock still held for that moment.
+const OWN_LOCK_WAIT: Duration = Duration::from_secs(2);
+
 fn lock(path: &Path) -> Result<File, StoreError> {
     let lock_path = path.join(LOCK);
     let mut file = OpenOptions::new()
@@ -266,27 +274,33 @@ fn lock(path: &Path) -> Result<File, StoreError> {
         .create(true)
         .truncate(false)
         .open(&lock_path)?;
-    match file.try_lock() {
-        Ok(()) => {
-            file.set_len(0)?;
-            let _ = writeln!(file, "{}", std::process::id());
-            Ok(file)
+    let started = Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => {
+                file.set_len(0)?;
+                let _ = writeln!(file, "{}", std::process::id());
+                return Ok(file);
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                let holder = fs::read_to_string(&lock_path).unwrap_or_default();
+                let holder = holder.trim();
+                if holder == std::process::id().to_string() && started.elapsed() < OWN_LOCK_WAIT {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+                let who = if holder.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (pid {holder})")
+                };
+                return Err(StoreError::DataDir(format!(
+                    "data dir {} is in use by another kernels process{who}; stop it, or use its HTTP API (e.g. GET /v1/evidence)",
+                    path.display()
+                )));
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(e.into()),
         }
-        Err(fs::TryLockError::WouldBlock) => {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            let holder = holder.trim();
-            let who = if holder.is_empty() {
-                String::new()
-            } else {
-                format!(" (pid {holder})")
-            };
-            Err(StoreError::DataDir(format!(
-                "data dir {} is in use by another kernels process{who}; stop it, or use its HTTP API (e.g. GET /v1/evidence)",
-                path.display()
-            )))
-        }
-        Err(fs::TryLockError::Error(e)) => Err(e.into()),
     }
 }
 
@@ -334,6 +348,24 @@ mod tests {
         let again = DataDir::open(&path, false).unwrap();
         assert!(!again.created);
         assert_eq!(again.opened_version, STORAGE_FORMAT_VERSION);
+    }
+
+    #[test]
+    fn a_lock_our_process_still_holds_for_a_moment_is_waited_for() {
+        // As when a child being started holds a copy of the descriptor
+        // until it execs: the holder is this process, and it lets go soon.
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("data");
+        let dir = DataDir::open(&path, true).unwrap();
+        let holder = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(dir);
+        });
+        let started = Instant::now();
+        let again = DataDir::open(&path, false).unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        assert!(!again.created);
+        holder.join().unwrap();
     }
 
     #[test]
