@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use crate::error_text;
 use serde_json::Value;
 
 /// Why a call got no answer.
@@ -108,26 +109,16 @@ impl ApiClient {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await.map_err(|e| unreachable(error_chain(&e)))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| unreachable(error_text::chain(&e)))?;
         let status = resp.status().as_u16();
         let text = resp
             .text()
             .await
-            .map_err(|e| unreachable(format!("reading the answer: {}", error_chain(&e))))?;
+            .map_err(|e| unreachable(format!("reading the answer: {}", error_text::chain(&e))))?;
         let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         Ok((status, value))
     }
-}
-
-/// An error and its causes on one line (reqwest's own text is often just
-/// "error sending request").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

@@ -12,6 +12,7 @@
 //!
 //! * [`canonical`] — Python-compatible canonical JSON, the basis of every hash
 //! * [`entry`] — the ledger entry and its hash
+//! * [`error_text`] — an error and its causes on one line
 //! * [`chain`] — chain verification (every error, with its index)
 //! * [`merkle`] — the RFC 9162 Merkle tree beside the chain: tree heads,
 //!   compact ranges, tiles, inclusion and consistency proofs
@@ -58,6 +59,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod entry;
+pub mod error_text;
 pub mod evidence;
 pub mod kernel;
 pub mod ledger;

@@ -23,6 +23,7 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
 
 use crate::config::ClusterConfig;
+use crate::error_text;
 use crate::rotator::objects::{Objects, S3Settings};
 
 /// Largest control-plane object read (a policy or a member record).
@@ -199,7 +200,7 @@ impl ControlPlane {
                     {
                         return Ok(Read::Missing);
                     }
-                    return Err(self.failed(&format!("reading {key}"), describe(&e)));
+                    return Err(self.failed(&format!("reading {key}"), error_text::chain(&e)));
                 }
             };
             let etag = out.e_tag().map(str::to_owned);
@@ -271,7 +272,7 @@ impl ControlPlane {
                 {
                     Err(ControlPlaneError::Precondition(key.to_owned()))
                 }
-                Err(e) => Err(self.failed(&format!("writing {key}"), describe(&e))),
+                Err(e) => Err(self.failed(&format!("writing {key}"), error_text::chain(&e))),
             }
         })
         .await
@@ -287,7 +288,7 @@ impl ControlPlane {
                 .send()
                 .await
                 .map(|_| ())
-                .map_err(|e| self.failed(&format!("deleting {key}"), describe(&e)))
+                .map_err(|e| self.failed(&format!("deleting {key}"), error_text::chain(&e)))
         })
         .await
     }
@@ -306,7 +307,9 @@ impl ControlPlane {
                     .set_continuation_token(token)
                     .send()
                     .await
-                    .map_err(|e| self.failed(&format!("listing {prefix}"), describe(&e)))?;
+                    .map_err(|e| {
+                        self.failed(&format!("listing {prefix}"), error_text::chain(&e))
+                    })?;
                 keys.extend(
                     resp.contents()
                         .iter()
@@ -323,21 +326,6 @@ impl ControlPlane {
         })
         .await
     }
-}
-
-/// A one-line description of an SDK error, with its causes.
-fn describe<E: std::error::Error + 'static, R: std::fmt::Debug>(
-    e: &aws_sdk_s3::error::SdkError<E, R>,
-) -> String {
-    use std::error::Error as _;
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// Everything but the unreserved ASCII of RFC 3986 is percent-encoded.

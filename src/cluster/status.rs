@@ -18,6 +18,7 @@ use serde_json::Value;
 
 use super::member::MemberRecord;
 use super::policy::PolicyObject;
+use crate::error_text;
 
 /// What one member answered.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -108,7 +109,8 @@ pub async fn ask(
             view.ready = r.status().as_u16() == 200;
         }
         Err(e) => {
-            view.problems.push(format!("unreachable: {}", one_line(&e)));
+            view.problems
+                .push(format!("unreachable: {}", error_text::chain(&e)));
             return Ok(view);
         }
     }
@@ -133,7 +135,7 @@ pub async fn ask(
         }
         Err(e) => {
             view.problems
-                .push(format!("GET /v1/status failed: {}", one_line(&e)));
+                .push(format!("GET /v1/status failed: {}", error_text::chain(&e)));
             None
         }
     };
@@ -177,18 +179,6 @@ async fn checkpoint_size(http: &reqwest::Client, base: &str, token: &str) -> Opt
         return None;
     }
     r.text().await.ok()?.lines().nth(1)?.trim().parse().ok()
-}
-
-fn one_line(e: &reqwest::Error) -> String {
-    use std::error::Error as _;
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// An HTTP client for asking members (short timeouts: a hung member is

@@ -145,7 +145,7 @@ impl Objects {
                         .set_continuation_token(token)
                         .send()
                         .await
-                        .map_err(|e| ObjectError::Store(describe(&e)))?;
+                        .map_err(|e| ObjectError::Store(crate::error_text::chain(&e)))?;
                     for o in resp.contents() {
                         if let Some(key) = o.key() {
                             out.push(ObjectInfo {
@@ -196,7 +196,7 @@ impl Objects {
                         if e.as_service_error().is_some_and(|s| s.is_no_such_key()) {
                             ObjectError::Missing(key.to_owned())
                         } else {
-                            ObjectError::Store(describe(&e))
+                            ObjectError::Store(crate::error_text::chain(&e))
                         }
                     })?;
                 Ok(Box::pin(resp.body.into_async_read()))
@@ -218,7 +218,7 @@ impl Objects {
                 match client.head_object().bucket(bucket).key(key).send().await {
                     Ok(head) => Ok(Some(head.content_length().unwrap_or(0).max(0) as u64)),
                     Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
-                    Err(e) => Err(ObjectError::Store(describe(&e))),
+                    Err(e) => Err(ObjectError::Store(crate::error_text::chain(&e))),
                 }
             }
             Objects::Dir(root) => match tokio::fs::metadata(root.join(key)).await {
@@ -299,19 +299,4 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<ObjectInfo>) -> Result<(), Object
         }
     }
     Ok(())
-}
-
-/// A one-line description of an SDK error, with the service's code when any.
-pub(super) fn describe<E: std::error::Error + 'static, R: std::fmt::Debug>(
-    e: &aws_sdk_s3::error::SdkError<E, R>,
-) -> String {
-    use std::error::Error as _;
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

@@ -26,7 +26,8 @@ use aws_sdk_s3::types::{
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
-use super::objects::{ObjectError, Objects, Written, describe};
+use super::objects::{ObjectError, Objects, Written};
+use crate::error_text;
 
 /// Size of one multipart upload part; larger files are uploaded in parts.
 pub const PART_BYTES: usize = 16 * 1024 * 1024;
@@ -78,7 +79,7 @@ impl Objects {
             {
                 Err(ObjectError::ObjectLockMissing(bucket.clone()))
             }
-            Err(e) => Err(ObjectError::Store(describe(&e))),
+            Err(e) => Err(ObjectError::Store(error_text::chain(&e))),
         }
     }
 
@@ -113,7 +114,7 @@ impl Objects {
                             return Err(ObjectError::Conflict(key.to_owned()));
                         }
                     }
-                    Err(e) => return Err(ObjectError::Store(describe(&e))),
+                    Err(e) => return Err(ObjectError::Store(error_text::chain(&e))),
                 };
                 self.ensure_retention(key).await?;
                 Ok(written)
@@ -215,7 +216,7 @@ impl Objects {
         let created = create
             .send()
             .await
-            .map_err(|e| ObjectError::Store(describe(&e)))?;
+            .map_err(|e| ObjectError::Store(error_text::chain(&e)))?;
         let upload_id = created
             .upload_id()
             .ok_or_else(|| ObjectError::Store(format!("{key}: the store gave no upload id")))?
@@ -258,7 +259,7 @@ impl Objects {
             )
             .send()
             .await
-            .map_err(|e| ObjectError::Store(describe(&e)))?;
+            .map_err(|e| ObjectError::Store(error_text::chain(&e)))?;
         match retention_of(client, bucket, key).await? {
             Some(_) => Ok(()),
             None => Err(ObjectError::Store(format!(
@@ -280,7 +281,7 @@ async fn retention_of(
         .key(key)
         .send()
         .await
-        .map_err(|e| ObjectError::Store(describe(&e)))?;
+        .map_err(|e| ObjectError::Store(error_text::chain(&e)))?;
     Ok(
         match (
             head.object_lock_mode(),
@@ -328,7 +329,7 @@ impl Multipart<'_> {
                 .body(ByteStream::from(buf))
                 .send()
                 .await
-                .map_err(|e| ObjectError::Store(describe(&e)))?;
+                .map_err(|e| ObjectError::Store(error_text::chain(&e)))?;
             self.parts.push(
                 CompletedPart::builder()
                     .part_number(number)
@@ -365,7 +366,7 @@ impl Multipart<'_> {
             Err(e) => {
                 self.abort().await;
                 if !precondition_failed(&e) {
-                    return Err(ObjectError::Store(describe(&e)));
+                    return Err(ObjectError::Store(error_text::chain(&e)));
                 }
                 return if self.objects.exists_same(&self.key, sha256).await? {
                     Ok(Written::AlreadyThere)
@@ -384,7 +385,7 @@ impl Multipart<'_> {
             .key(&self.key)
             .send()
             .await
-            .map_err(|e| ObjectError::Store(describe(&e)))?;
+            .map_err(|e| ObjectError::Store(error_text::chain(&e)))?;
         let same_etag = etag.is_none() || head.e_tag() == etag.as_deref();
         if !same_etag || head.content_length() != Some(self.bytes as i64) {
             return Err(ObjectError::Conflict(self.key.clone()));
