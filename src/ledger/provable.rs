@@ -1,6 +1,6 @@
 //! The ledger's provable-history API: its Merkle tree head, inclusion and
-//! consistency proofs and past roots from the stored tiles
-//! ([`super::tree`]), signed checkpoints made durable before they are handed
+//! consistency proofs and past roots from the stored tiles and the tree's
+//! in-memory right edge ([`super::tree`]), signed checkpoints made durable before they are handed
 //! out, and peer witnessing (cosigning a peer's checkpoint, adding a peer's
 //! cosignature) with the ledger's key ([`super::signing`]). The types these
 //! methods use live in those two files, which `Core` holds; the methods on
@@ -46,7 +46,7 @@ impl Ledger {
     }
 
     /// The leaf hash of entry `seq` and its inclusion proof in the tree of
-    /// `size` entries (RFC 9162 §2.1.3.1), from the stored tiles.
+    /// `size` entries (RFC 9162 §2.1.3.1), from the tiles.
     pub fn inclusion(&self, seq: u64, size: u64) -> Result<(Hash, Vec<Hash>), TreeError> {
         self.head_covering(size, "tree_size")?;
         let nodes = self.inner.tree.nodes(self.store());
@@ -56,7 +56,7 @@ impl Ledger {
     }
 
     /// The consistency proof from the tree of `from` entries to the tree of
-    /// `to` entries (RFC 9162 §2.1.4.1), from the stored tiles.
+    /// `to` entries (RFC 9162 §2.1.4.1), from the tiles.
     pub fn consistency(&self, from: u64, to: u64) -> Result<Vec<Hash>, TreeError> {
         self.head_covering(to, "to_size")?;
         Ok(consistency_proof(

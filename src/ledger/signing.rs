@@ -4,7 +4,7 @@
 //! Nothing is signed on the commit path. A checkpoint is signed when one is
 //! asked for (`GET /v1/checkpoint`, a proof, a rotation's manifest), from
 //! the published tree head ([`super::tree`]) or, for a past size, from the
-//! root the stored tiles give; Ed25519 signatures are deterministic, and the
+//! root the tiles give (stored halves and the in-memory edge); Ed25519 signatures are deterministic, and the
 //! last few are kept per size ([`CACHED`]), with any witness cosignatures
 //! added to them since (`Ledger::add_cosignature`).
 //!

@@ -1,10 +1,13 @@
 //! The ledger's Merkle tree: kept with the entries, its head published
-//! after each commit, proofs answered from the store.
+//! after each commit, proofs answered from the store and the writer's
+//! in-memory right edge.
 //!
 //! The flusher hands each batch's entry hashes to [`DurableTree::stage`]
-//! before it appends the batch: the tile halves the batch changes
+//! before it appends the batch: the tile halves the batch fills
 //! ([`crate::store::tiles`]) go into the same atomic append, so the store
-//! never holds tiles for entries it does not hold, nor the reverse. Once the
+//! never holds tiles for entries it does not hold; the right edge (fewer
+//! than 128 hashes a level) is not stored, and opening rebuilds it from the
+//! last entries and the full halves. Once the
 //! batch is durable, [`DurableTree::publish`] makes its head the one
 //! checkpoints sign — before any waiter of the batch is answered, so every
 //! acknowledged entry is under the published head — and lets the writer

@@ -65,8 +65,10 @@ impl TileId {
 }
 
 /// Where a node is stored, when it is one of the stored levels: its tile and
-/// its position in the tile. A store keeps every node
-/// [`CompactRange::append_with`] reports for which this is `Some`.
+/// its position in the tile. A store keeps the nodes
+/// [`CompactRange::append_with`] reports for which this is `Some` (the
+/// ledger's store keeps those of full half tiles on disk and the rest in
+/// memory: `crate::store::tiles`).
 pub fn stored_position(node: NodeId) -> Option<(TileId, usize)> {
     if !node.level.is_multiple_of(TILE_HEIGHT) {
         return None;

@@ -290,12 +290,14 @@ fn lock(path: &Path) -> Result<File, StoreError> {
                     continue;
                 }
                 let who = if holder.is_empty() {
-                    String::new()
+                    "another kernels process".to_owned()
+                } else if holder == std::process::id().to_string() {
+                    format!("this process (pid {holder}), which has it open already")
                 } else {
-                    format!(" (pid {holder})")
+                    format!("another kernels process (pid {holder})")
                 };
                 return Err(StoreError::DataDir(format!(
-                    "data dir {} is in use by another kernels process{who}; stop it, or use its HTTP API (e.g. GET /v1/evidence)",
+                    "data dir {} is in use by {who}; stop it, or use its HTTP API (e.g. GET /v1/evidence)",
                     path.display()
                 )));
             }
@@ -339,11 +341,7 @@ mod tests {
         assert!(dir.created);
         assert!(path.join(MARKER).exists());
         let err = DataDir::open(&path, true).unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("in use by another kernels process"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("in use by this process"), "{err}");
         drop(dir);
         let again = DataDir::open(&path, false).unwrap();
         assert!(!again.created);

@@ -54,8 +54,9 @@ pub fn stored_len(size: u64, level: u8) -> u64 {
 }
 
 /// The stored hashes of tree level `8·level` with indices in `from..to`, in
-/// order, read half by half: `(index, hash)`. Ends early (the caller
-/// counts) where a half is missing or short.
+/// order, read half by half: `(index, hash)`. Ends early where a half is
+/// missing; a short half yields fewer hashes and the next half goes on at
+/// its own indices, so callers check the indices they get.
 pub fn level_hashes<'a, S: LedgerStore + ?Sized>(
     store: &'a S,
     level: u8,
@@ -96,8 +97,9 @@ pub fn level_hashes<'a, S: LedgerStore + ?Sized>(
         })
 }
 
-/// The unstored right edge of every level at one moment: `(half, hashes)`
-/// for level `8·l` at index `l`, the hashes from index `128 · half` on.
+/// The right edge of every level at one moment, as the writer holds it:
+/// `(half, hashes)` for level `8·l` at index `l`, the hashes from index
+/// `128 · half` on (not stored, or filled and not yet known to be stored).
 #[derive(Debug, Clone, Default)]
 pub struct Edges(Vec<(u64, Vec<Hash>)>);
 
@@ -328,7 +330,13 @@ impl TileWriter {
             let from = stored_len(size, level);
             let mut below = Vec::with_capacity(((count - from) * tile) as usize);
             for item in level_hashes(store, level - 1, from * tile, count * tile) {
-                below.push(item?.1);
+                let (index, hash) = item?;
+                if index != from * tile + below.len() as u64 {
+                    // A short half: the hashes after it are not where
+                    // they belong.
+                    break;
+                }
+                below.push(hash);
             }
             if below.len() as u64 != (count - from) * tile {
                 return Err(unreadable(format!(
@@ -561,6 +569,38 @@ mod tests {
         assert!(err.to_string().contains("does not cover"), "{err}");
         // A tree that does not reach that half does not need it.
         assert!(TileWriter::resume(&store, 383).is_ok());
+    }
+
+    #[test]
+    fn a_short_half_is_not_made_up_for_by_a_long_one() {
+        // Level 8's edge at 70,000 leaves is rebuilt from leaf halves
+        // 512..546; half 512 loses 64 hashes and half 513 gains them: the
+        // count is right, the places are not.
+        let store = MemoryStore::new();
+        let mut writer = TileWriter::new();
+        Grown::new().grow(&store, &mut writer, 70_000, 1_000);
+        let read = |half: u64| {
+            store
+                .side_range(Family::TILES, half_key(0, half), half_key(0, half + 1))
+                .next()
+                .unwrap()
+                .unwrap()
+                .1
+        };
+        let (first, second) = (read(512), read(513));
+        let mut longer = first[64 * 32..].to_vec();
+        longer.extend_from_slice(&second);
+        store
+            .append(Append {
+                side: vec![
+                    (Family::TILES, half_key(0, 512), first[..64 * 32].to_vec()),
+                    (Family::TILES, half_key(0, 513), longer),
+                ],
+                ..Append::default()
+            })
+            .unwrap();
+        let err = TileWriter::resume(&store, 70_000).unwrap_err();
+        assert!(err.to_string().contains("does not cover"), "{err}");
     }
 
     #[test]
