@@ -168,6 +168,7 @@ struct PeerView {
 }
 
 /// What witnessing one peer came to.
+#[derive(Debug, PartialEq)]
 enum Outcome {
     /// Cosigned (and delivered) the checkpoint of this size.
     Cosigned,
@@ -312,44 +313,15 @@ async fn witness(
         .peers
         .get(&peer.kernel_id)
         .cloned();
-    if let Some(last) = &last {
-        if &last.verifier_key != key_text {
-            return Outcome::Refused(format!(
-                "its verifier key is now {key_text}; this instance cosigned its checkpoints under {} (remove {} from {FILE} to witness it anew)",
-                last.verifier_key, peer.kernel_id
-            ));
-        }
-        let old = match SignedCheckpoint::parse(&last.checkpoint) {
-            Ok(cp) => cp.checkpoint,
-            Err(e) => return Outcome::Failed(format!("{FILE}: {e}")),
-        };
-        if new_size < old.size {
-            return Outcome::Refused(format!(
-                "its checkpoint of {new_size} entries goes back from the {} this instance cosigned",
-                old.size
-            ));
-        }
-        if new_size == old.size {
-            if new_root != old.root {
-                return Outcome::Refused(format!(
-                    "its checkpoint of {new_size} entries has another root than the one this instance cosigned: a rewritten history"
-                ));
-            }
-            let carries_own = checkpoint
-                .note
-                .signatures()
-                .iter()
-                .any(|s| (s.name.as_str(), s.key_id) == (own.name(), own.id()));
-            if carries_own {
-                return Outcome::Unchanged;
-            }
-            // The same tree, served without this cosignature (the peer
-            // restarted, or the delivery failed): cosigned again below.
-        } else if old.size > 0 {
-            let url = format!(
-                "{base}/v1/proofs/consistency?from_size={}&to_size={new_size}",
-                old.size
-            );
+    match against(last.as_ref(), &peer.kernel_id, key_text, &checkpoint, own) {
+        Err(outcome) => return outcome,
+        Ok(Against::Unchanged) => return Outcome::Unchanged,
+        Ok(Against::Cosign) => {}
+        Ok(Against::Grown { from }) => {
+            let Some(last) = &last else {
+                return Outcome::Failed("a grown tree without a cosigned one".into());
+            };
+            let url = format!("{base}/v1/proofs/consistency?from_size={from}&to_size={new_size}");
             let doc = match get_text(http, &url, token).await {
                 Ok(t) => t,
                 Err(e) => return Outcome::Failed(e),
@@ -368,8 +340,7 @@ async fn witness(
                 }
                 Err(e) => {
                     return Outcome::Refused(format!(
-                        "its checkpoint of {new_size} entries does not extend the one of {} this instance cosigned: {e}",
-                        old.size
+                        "its checkpoint of {new_size} entries does not extend the one of {from} this instance cosigned: {e}"
                     ));
                 }
             }
@@ -410,6 +381,73 @@ async fn witness(
         }
         Err(e) => Outcome::Failed(format!("POST {url}: {e}")),
     }
+}
+
+/// What the last checkpoint this instance cosigned for a peer says about
+/// the peer's new (signature-checked) one.
+#[derive(Debug, PartialEq)]
+enum Against {
+    /// Cosign it: the first one seen, or the same tree served without this
+    /// instance's cosignature (the peer restarted, or a delivery failed).
+    Cosign,
+    /// The same tree, already carrying this instance's cosignature.
+    Unchanged,
+    /// A larger tree: cosign it once a consistency proof from the tree of
+    /// `from` entries to it verifies.
+    Grown { from: u64 },
+}
+
+/// Compares `checkpoint`, signed under `key_text`, with `last`, what this
+/// instance cosigned for `peer` before; `Err` is the outcome when it may
+/// not be cosigned (another key, a tree that shrank or changed).
+fn against(
+    last: Option<&Cosigned>,
+    peer: &str,
+    key_text: &str,
+    checkpoint: &SignedCheckpoint,
+    own: &VerifierKey,
+) -> Result<Against, Outcome> {
+    let Some(last) = last else {
+        return Ok(Against::Cosign);
+    };
+    let (new_size, new_root) = (checkpoint.checkpoint.size, checkpoint.checkpoint.root);
+    if last.verifier_key != key_text {
+        return Err(Outcome::Refused(format!(
+            "its verifier key is now {key_text}; this instance cosigned its checkpoints under {} (remove {peer} from {FILE} to witness it anew)",
+            last.verifier_key
+        )));
+    }
+    let old = SignedCheckpoint::parse(&last.checkpoint)
+        .map_err(|e| Outcome::Failed(format!("{FILE}: {e}")))?
+        .checkpoint;
+    if new_size < old.size {
+        return Err(Outcome::Refused(format!(
+            "its checkpoint of {new_size} entries goes back from the {} this instance cosigned",
+            old.size
+        )));
+    }
+    if new_size == old.size {
+        if new_root != old.root {
+            return Err(Outcome::Refused(format!(
+                "its checkpoint of {new_size} entries has another root than the one this instance cosigned: a rewritten history"
+            )));
+        }
+        let carries_own = checkpoint
+            .note
+            .signatures()
+            .iter()
+            .any(|s| (s.name.as_str(), s.key_id) == (own.name(), own.id()));
+        return Ok(if carries_own {
+            Against::Unchanged
+        } else {
+            Against::Cosign
+        });
+    }
+    Ok(if old.size == 0 {
+        Against::Cosign
+    } else {
+        Against::Grown { from: old.size }
+    })
 }
 
 /// Adds the cosignature in `checkpoint` (this ledger's checkpoint as a peer
@@ -476,5 +514,97 @@ mod tests {
         std::fs::write(dir.path().join(FILE), "{not json").unwrap();
         let e = Witnessed::load(dir.path()).unwrap_err().to_string();
         assert!(e.contains(FILE) && e.contains("not a record"), "{e}");
+    }
+
+    mod against {
+        use super::super::*;
+        use crate::checkpoint::Checkpoint;
+        use crate::merkle::Hash;
+        use crate::note::{KeyKind, SignerKey};
+
+        fn key(name: &str) -> SignerKey {
+            SignerKey::generate(name, KeyKind::Ed25519).unwrap()
+        }
+
+        fn signed(key: &SignerKey, size: u64, root: u8) -> SignedCheckpoint {
+            Checkpoint::new(key.name(), size, Hash([root; 32]))
+                .sign(key)
+                .unwrap()
+        }
+
+        fn cosigned(key: &SignerKey, size: u64, root: u8) -> Cosigned {
+            Cosigned {
+                verifier_key: key.verifier().to_string(),
+                checkpoint: signed(key, size, root).to_string(),
+                at_ms: 0,
+            }
+        }
+
+        fn refusal(result: Result<Against, Outcome>) -> String {
+            match result {
+                Err(Outcome::Refused(why)) => why,
+                other => panic!("expected a refusal, got {other:?}"),
+            }
+        }
+
+        #[test]
+        fn a_peer_seen_first_or_grown_is_cosigned_after_its_proof() {
+            let (peer, own) = (key("kernels/peer"), key("kernels/own").verifier());
+            let text = peer.verifier().to_string();
+            let new = signed(&peer, 20, 2);
+            assert_eq!(
+                against(None, "peer", &text, &new, &own),
+                Ok(Against::Cosign)
+            );
+            let last = cosigned(&peer, 10, 1);
+            assert_eq!(
+                against(Some(&last), "peer", &text, &new, &own),
+                Ok(Against::Grown { from: 10 })
+            );
+            // From an empty tree nothing needs proving.
+            let empty = cosigned(&peer, 0, 0);
+            assert_eq!(
+                against(Some(&empty), "peer", &text, &new, &own),
+                Ok(Against::Cosign)
+            );
+            // The same tree served without this instance's cosignature.
+            assert_eq!(
+                against(Some(&cosigned(&peer, 20, 2)), "peer", &text, &new, &own),
+                Ok(Against::Cosign)
+            );
+        }
+
+        #[test]
+        fn another_key_a_shrunk_or_a_changed_tree_is_refused() {
+            let (peer, own) = (key("kernels/peer"), key("kernels/own").verifier());
+            let last = cosigned(&peer, 10, 1);
+            let text = peer.verifier().to_string();
+            // The same name under another key.
+            let other = key("kernels/peer");
+            let why = refusal(against(
+                Some(&last),
+                "peer",
+                &other.verifier().to_string(),
+                &signed(&other, 20, 2),
+                &own,
+            ));
+            assert!(why.contains("verifier key is now"), "{why}");
+            let why = refusal(against(
+                Some(&last),
+                "peer",
+                &text,
+                &signed(&peer, 9, 1),
+                &own,
+            ));
+            assert!(why.contains("goes back from the 10"), "{why}");
+            let why = refusal(against(
+                Some(&last),
+                "peer",
+                &text,
+                &signed(&peer, 10, 7),
+                &own,
+            ));
+            assert!(why.contains("rewritten history"), "{why}");
+        }
     }
 }
