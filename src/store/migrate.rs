@@ -348,24 +348,39 @@ mod tests {
     use crate::store::request_records::test_record as record;
     use crate::store::{Append, keys::prefixed, record};
 
-    #[test]
-    fn a_format_4_store_loses_its_partial_halves_and_keeps_its_tree() {
-        use crate::merkle::entry_leaf_hash;
-        use crate::merkle::tiles::MemoryTiles;
-        use crate::store::tiles::{half_key, key_half};
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join(LEDGER);
-        let entries = crate::entry::test_chain(1_000, 0, GENESIS_HASH);
-        {
-            let store = SledStore::open(&path, &SledOptions::default()).unwrap();
+    /// A sled store at `path` holding `n` test entries (no tiles, as
+    /// format 3 had), appended `batch` at a time.
+    fn store_of_entries(path: &Path, n: u64, batch: usize) -> Vec<Entry> {
+        let entries = crate::entry::test_chain(n, 0, GENESIS_HASH);
+        let store = SledStore::open(path, &SledOptions::default()).unwrap();
+        for part in entries.chunks(batch) {
             store
                 .append(Append {
-                    entries: &entries,
+                    entries: part,
                     ..Append::default()
                 })
                 .unwrap();
-            store.commit().unwrap();
         }
+        store.commit().unwrap();
+        entries
+    }
+
+    /// The tree of `entries`, kept in memory: what the stored one must give.
+    fn reference_tree(entries: &[Entry]) -> crate::merkle::tiles::MemoryTiles {
+        let mut tree = crate::merkle::tiles::MemoryTiles::new();
+        for e in entries {
+            let raw = crate::chain::decode_hex(e.entry_hash.as_bytes()).unwrap();
+            tree.append(crate::merkle::entry_leaf_hash(&raw));
+        }
+        tree
+    }
+
+    #[test]
+    fn a_format_4_store_loses_its_partial_halves_and_keeps_its_tree() {
+        use crate::store::tiles::{half_key, key_half};
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join(LEDGER);
+        let reference = reference_tree(&store_of_entries(&path, 1_000, 1_000));
         migrate_3_to_4(tmp.path()).unwrap();
         {
             // The right edge as format 4 kept it: leaves 896..1000 and the
@@ -381,11 +396,6 @@ mod tests {
                 })
                 .unwrap();
             store.commit().unwrap();
-        }
-        let mut reference = MemoryTiles::new();
-        for e in &entries {
-            let raw = crate::chain::decode_hex(e.entry_hash.as_bytes()).unwrap();
-            reference.append(entry_leaf_hash(&raw));
         }
         for _ in 0..2 {
             migrate_4_to_5(tmp.path()).unwrap();
@@ -412,29 +422,11 @@ mod tests {
 
     #[test]
     fn a_format_3_store_gets_the_tree_of_its_entries_and_a_second_run_changes_nothing() {
-        use crate::merkle::tiles::MemoryTiles;
-        use crate::merkle::{entry_leaf_hash, inclusion_proof, tree_root};
+        use crate::merkle::{inclusion_proof, tree_root};
         use crate::store::tiles::EdgeTiles;
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join(LEDGER);
-        let entries = crate::entry::test_chain(9_000, 0, GENESIS_HASH);
-        {
-            let store = SledStore::open(&path, &SledOptions::default()).unwrap();
-            for part in entries.chunks(333) {
-                store
-                    .append(Append {
-                        entries: part,
-                        ..Append::default()
-                    })
-                    .unwrap();
-            }
-            store.commit().unwrap();
-        }
-        let mut reference = MemoryTiles::new();
-        for e in &entries {
-            let raw = crate::chain::decode_hex(e.entry_hash.as_bytes()).unwrap();
-            reference.append(entry_leaf_hash(&raw));
-        }
+        let reference = reference_tree(&store_of_entries(&path, 9_000, 333));
         for _ in 0..2 {
             migrate_3_to_4(tmp.path()).unwrap();
             let store = SledStore::open(&path, &SledOptions::default()).unwrap();
