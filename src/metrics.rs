@@ -24,9 +24,9 @@ pub struct DecisionLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     /// Route template (`/v1/requests`, …).
-    pub route: String,
+    pub route: &'static str,
     /// Status code.
-    pub code: String,
+    pub code: u16,
 }
 
 /// Labels of a read of the cluster's control plane.

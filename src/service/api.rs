@@ -361,7 +361,10 @@ pub async fn rotate(
     let wait = limit
         .saturating_sub(std::time::Duration::from_millis(250))
         .max(limit / 2);
-    match rotation.rotate_now(principal.name.clone(), wait).await? {
+    match rotation
+        .rotate_now(principal.name.to_string(), wait)
+        .await?
+    {
         RunAnswer::Finished {
             run_id,
             mut outcome,

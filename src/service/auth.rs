@@ -16,15 +16,17 @@ use subtle::ConstantTimeEq;
 use super::error::ApiError;
 use crate::config::{Role, TokenSpec};
 
-/// Who made a call.
+/// Who made a call. Cloned several times per request (into the request's
+/// and the response's extensions, for the handler and the access log), so
+/// its text is shared, not copied.
 #[derive(Debug, Clone)]
 pub struct Principal {
     /// Principal name (from the config, never the secret).
-    pub name: String,
+    pub name: Arc<str>,
     /// Role.
     pub role: Role,
     /// Actors an agent may submit as (`None` = any).
-    pub actors: Option<Vec<String>>,
+    pub actors: Option<Arc<[String]>>,
 }
 
 impl Principal {
@@ -70,9 +72,9 @@ impl TokenTable {
                     (
                         Sha256::digest(t.secret.as_bytes()).into(),
                         Principal {
-                            name: t.name.clone(),
+                            name: t.name.as_str().into(),
                             role: t.role,
-                            actors: t.actors.clone(),
+                            actors: t.actors.as_deref().map(Arc::from),
                         },
                     )
                 })
@@ -151,7 +153,7 @@ mod tests {
         assert!(agent.may_act_as("a1").is_ok());
         assert!(agent.may_act_as("a2").is_err());
         assert!(agent.require(&[Role::Operator]).is_err());
-        assert_eq!(table.find("operator-secret").unwrap().name, "ops");
+        assert_eq!(table.find("operator-secret").unwrap().name.as_ref(), "ops");
         assert!(table.find("agent-secre").is_none());
         assert!(table.find("").is_none());
     }

@@ -49,7 +49,7 @@ pub(super) fn actor_of(
     body: &Value,
 ) -> Result<String, ApiError> {
     let Some(named) = body.get("cluster") else {
-        return Ok(principal.name.clone());
+        return Ok(principal.name.to_string());
     };
     let named = named.as_str().ok_or_else(|| {
         ApiError::bad_request(
@@ -130,5 +130,7 @@ pub async fn leave(
     let cluster = state.cluster().ok_or_else(|| {
         ApiError::conflict("not_a_member", "no cluster is configured for this kernel")
     })?;
-    Ok(Json(cluster.leave(principal.name.clone(), reason).await?))
+    Ok(Json(
+        cluster.leave(principal.name.to_string(), reason).await?,
+    ))
 }

@@ -282,18 +282,14 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     // This layer runs before routing, so the route label is the path when
     // it is one of ours (bounded label values), else "other".
     let path = req.uri().path();
-    let route = ROUTES
-        .iter()
-        .find(|r| **r == path)
-        .map_or(
-            if path.starts_with("/mcp/") {
-                "/mcp/{name}"
-            } else {
-                "other"
-            },
-            |r| r,
-        )
-        .to_owned();
+    let route: &'static str = ROUTES.iter().find(|r| **r == path).map_or(
+        if path.starts_with("/mcp/") {
+            "/mcp/{name}"
+        } else {
+            "other"
+        },
+        |r| r,
+    );
     // An MCP upstream may take long to start answering a tool call.
     let timeout = if route == "/mcp/{name}" {
         state.mcp().timeout
@@ -319,27 +315,26 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         }
     };
     let status = response.status();
-    let principal = response
-        .extensions()
-        .get::<Principal>()
-        .map(|p| p.name.clone());
     state
         .ledger()
         .metrics()
         .http_requests
         .get_or_create(&HttpLabels {
-            route: route.clone(),
-            code: status.as_u16().to_string(),
+            route,
+            code: status.as_u16(),
         })
         .inc();
-    tracing::info!(
-        method = %method,
-        route = %route,
-        status = status.as_u16(),
-        ms = started.elapsed().as_secs_f64() * 1000.0,
-        principal = principal.as_deref().unwrap_or("-"),
-        "request"
-    );
+    if tracing::enabled!(tracing::Level::INFO) {
+        let principal = response.extensions().get::<Principal>();
+        tracing::info!(
+            method = %method,
+            route = %route,
+            status = status.as_u16(),
+            ms = started.elapsed().as_secs_f64() * 1000.0,
+            principal = principal.map_or("-", |p| &*p.name),
+            "request"
+        );
+    }
     response
 }
 
